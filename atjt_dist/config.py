@@ -1,0 +1,451 @@
+"""The typed configuration tree of atjt-dist.
+
+One dataclass per section; every field is declared with :func:`knob`, which carries the
+field's documentation (``atjt_dist.train --help`` prints it, ``docs/config.md`` is generated
+from it). A config is built from the defaults, then a YAML file (``--config FILE``), then
+command-line overrides (``--section.key=value`` or ``--section.key value``), in that order.
+
+Unknown keys and values of the wrong type are :class:`ConfigError` s that name the key, the
+expected type and, for choices, the allowed values. The resolved config is written next to every
+output (``config.yaml`` in the run directory) so a run can be repeated with ``--config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what is allowed."""
+
+
+def knob(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
+    """A config field with a default and its documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticConfig:
+    """The generator of the embedded default dataset (see atjt_dist.data.synthetic)."""
+
+    users: int = knob(20000, "Number of users to generate.")
+    items: int = knob(2000, "Number of items to generate.")
+    clusters: int = knob(20, "Number of item clusters (they are the items' categories).")
+    mean_length: float = knob(30.0, "Mean sequence length per user (at least min_length).")
+    min_length: int = knob(8, "Shortest sequence a user can have.")
+    noisy_user_share: float = knob(0.3, "Share of users whose histories get planted noise.")
+    noisy_item_share: float = knob(0.3, "Share of a noisy user's interactions replaced by noise.")
+    noise_kind: Literal["random", "popular", "foreign"] = knob(
+        "random",
+        "Planted noise: 'random' items drawn uniformly, 'popular' items drawn by popularity, "
+        "or 'foreign' items taken from another cluster's taste (shared accounts).",
+    )
+    seed: int = knob(0, "Generator seed: same seed and sizes = byte-identical dataset.")
+    cache_dir: Optional[str] = knob(
+        None,
+        "Where the generated dataset is cached (default: $ATJT_CACHE or ~/.cache/atjt-dist). "
+        "A dataset is generated once per distinct generator config.",
+    )
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train on and how samples are built from it."""
+
+    path: Optional[str] = knob(
+        None,
+        "A prepared dataset directory (atjt_dist.data.prepare or .synthetic). "
+        "Default: the embedded synthetic dataset, generated and cached on first use.",
+    )
+    split: Literal["kfold", "loo"] = knob(
+        "kfold",
+        "'kfold': the paper's split over users (train and test users disjoint, folds stored "
+        "in the dataset); 'loo': leave-one-out per user (every user's last item is its test).",
+    )
+    fold: int = knob(0, "The k-fold fold whose users are the test users.")
+    history_length: int = knob(19, "L: at most this many items before the target form the history.")
+    mode: Literal["paper", "sliding"] = knob(
+        "paper",
+        "'paper': one positive per training user (target = its last training interaction); "
+        "'sliding': every position of every training sequence is a target (large-scale mode, "
+        "built on the fly, never materialised).",
+    )
+    negative_sampler: Literal["popularity", "uniform"] = knob(
+        "popularity",
+        "Training negatives: drawn with probability proportional to popularity^exponent, or "
+        "uniformly; never an item of the user's own sequence.",
+    )
+    popularity_exponent: float = knob(0.75, "Exponent of popularity for the negative sampler.")
+    synthetic: SyntheticConfig = knob(SyntheticConfig(), "The embedded default dataset.")
+
+
+@dataclass
+class ModelConfig:
+    """The base recommender."""
+
+    name: str = knob("din", "Base model: one of the names in atjt_dist.models.registry.")
+    embedding_dim: int = knob(8, "Embedding dimension of the user, item and category tables.")
+    dropout: float = knob(0.0, "Dropout of the base model's hidden layers.")
+
+
+@dataclass
+class RecognizerConfig:
+    """The noise-recognition model (a DIN-like target-attention network)."""
+
+    embedding_dim: int = knob(8, "Embedding dimension of its user, item and category tables.")
+    attention_hidden: list[int] = knob([64, 32], "Attention MLP hidden sizes.")
+    mlp_hidden: list[int] = knob([256, 64], "Output MLP hidden sizes.")
+    dropout: float = knob(0.5, "Dropout of the attention MLP.")
+
+
+@dataclass
+class ATJTConfig:
+    """Auxiliary Task Joint Training: partition, schedule, corruption and the joint objective."""
+
+    enabled: bool = knob(True, "Train with ATJT weights; false = the baseline with w = 1.")
+    num_parts: int = knob(2, "N: the training users are split into N parts and trained in N phases.")
+    aux_weight: float = knob(100.0, "lambda: weight of the recogniser loss L_D in L_R + lambda*L_D.")
+    detach: bool = knob(False, "Detach the weights w from the recommender loss.")
+    variant: Literal["joint", "no_aux", "two_stage"] = knob(
+        "joint",
+        "'joint': the method; 'no_aux': the 'w/o auxiliary task' ablation (weights learned "
+        "from L_R alone with a penalty, no L_D); 'two_stage': each recogniser is trained "
+        "first, then frozen, and its detached weights reweight the recommender.",
+    )
+    no_aux_penalty: float = knob(0.04, "'no_aux' ablation: coefficient of -mean(w^2) in the loss.")
+    noise_fraction: float = knob(0.5, "Share of each recogniser batch's rows that are corrupted.")
+    replace_count: int = knob(1, "History items replaced in a corrupted row.")
+    per_row_position: bool = knob(
+        False,
+        "Draw the replaced position r per row; default one r shared by the batch, uniform in "
+        "[1, shortest history length in the batch].",
+    )
+    replacement: Literal["uniform", "popularity"] = knob(
+        "uniform", "Distribution of the replacement item: uniform over the vocabulary or by popularity."
+    )
+    recognizer_batch_size: int = knob(256, "Rows per recogniser batch (global, across ranks).")
+    recognizer_lrs: list[float] = knob(
+        [0.023, 0.025], "Adagrad learning rate of recogniser j (phase j); the last repeats."
+    )
+    recognizer: RecognizerConfig = knob(RecognizerConfig(), "The noise recogniser's architecture.")
+
+
+@dataclass
+class TrainConfig:
+    """The recommender's optimisation and the loop."""
+
+    epochs: int = knob(4, "E: epochs per phase (the whole run with ATJT off has N*E epochs).")
+    batch_size: int = knob(256, "Positives per global batch (each paired with its negative).")
+    max_steps: Optional[int] = knob(None, "Stop after this many steps in total (smoke runs).")
+    lr: float = knob(8.15e-4, "Adagrad learning rate of the recommender.")
+    weight_decay: float = knob(5e-4, "L2 weight decay of every optimiser.")
+    log_every: int = knob(50, "Log a line (rank 0) and a JSONL record every this many steps.")
+    progress_bar: bool = knob(True, "Show a progress bar on rank 0 (also off when not a TTY).")
+
+
+@dataclass
+class EvalConfig:
+    """Test metrics over the stored candidates."""
+
+    k: int = knob(5, "Cut-off K of HR@K and NDCG@K.")
+    batch_users: int = knob(1024, "Test users scored per forward pass (global).")
+
+
+@dataclass
+class DistConfig:
+    """Processes, devices and sharding."""
+
+    backend: Literal["auto", "gloo", "nccl"] = knob("auto", "Process-group backend; auto = nccl on CUDA, gloo on CPU.")
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "Device; auto = cuda when available.")
+    sharding: str = knob(
+        "auto",
+        "Sharding type for every embedding table: auto (TorchRec's planner), data_parallel, "
+        "table_wise, row_wise, column_wise or table_row_wise.",
+    )
+    timeout_s: float = knob(600.0, "Collective timeout: a dead peer ends the run after at most this.")
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    seed: int = knob(42, "Seed of everything: same config + seed = same result.")
+    run_dir: Optional[str] = knob(None, "Run directory (default runs/<time>-<model>-<method>).")
+    data: DataConfig = knob(DataConfig(), "Dataset and sample construction.")
+    model: ModelConfig = knob(ModelConfig(), "Base recommender.")
+    atjt: ATJTConfig = knob(ATJTConfig(), "ATJT.")
+    train: TrainConfig = knob(TrainConfig(), "Optimisation and loop.")
+    eval: EvalConfig = knob(EvalConfig(), "Evaluation.")
+    dist: DistConfig = knob(DistConfig(), "Distribution.")
+
+
+# --------------------------------------------------------------------------------------------
+# Typed assignment
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} fields"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        if isinstance(value, str):  # "--x.y=1,2,3" on the command line
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _from_mapping(tp(), value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_mapping(obj: Any, mapping: dict, prefix: str) -> Any:
+    types_ = _field_types(type(obj))
+    for name, value in mapping.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        attr = str(name).replace("-", "_")
+        if attr not in types_:
+            allowed = ", ".join(sorted(types_))
+            raise ConfigError(f"unknown config key '{key}'; allowed keys here: {allowed}")
+        tp = types_[attr]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            _from_mapping(getattr(obj, attr), value, key)
+        else:
+            setattr(obj, attr, _coerce(value, tp, key))
+    return obj
+
+
+def set_key(cfg: Config, dotted: str, value: Any) -> None:
+    """Assign ``value`` (already parsed) to the dotted key, with type checking."""
+    parts = dotted.replace("-", "_").split(".")
+    mapping: Any = value
+    for part in reversed(parts):
+        mapping = {part: mapping}
+    _from_mapping(cfg, mapping, "")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a mapping (empty file = empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_overrides(argv: list[str]) -> tuple[Optional[str], list[tuple[str, Any]], list[str]]:
+    """Split ``argv`` into (config file, [(dotted key, value)], flags).
+
+    Accepts ``--config FILE``, ``--key=value`` and ``--key value``; a ``--flag`` followed by
+    another option or nothing is a boolean ``true`` (e.g. ``--atjt.enabled``); ``--no-key`` sets
+    a boolean to false. Values are parsed as YAML scalars (``1e-3``, ``true``, ``null``).
+    """
+    config_file: Optional[str] = None
+    overrides: list[tuple[str, Any]] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: options look like --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, raw = body.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, raw = body, argv[i + 1]
+            i += 2
+        else:
+            key, raw = body, None
+            i += 1
+        if key == "config":
+            if raw is None:
+                raise ConfigError("--config needs a file name")
+            config_file = raw
+            continue
+        if raw is None:
+            if key.startswith("no-"):
+                overrides.append((key[3:], False))
+            else:
+                overrides.append((key, True))
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if raw.strip() == "":
+            value = ""
+        overrides.append((key, value))
+    return config_file, overrides, rest
+
+
+def build_config(
+    argv: Optional[list[str]] = None,
+    config_file: Optional[str | Path] = None,
+    base: Optional[Config] = None,
+) -> Config:
+    """Defaults <- YAML file <- command-line overrides; raises ConfigError on any bad key."""
+    cfg = base if base is not None else Config()
+    file_from_argv, overrides, _ = parse_overrides(list(argv or []))
+    for path in [p for p in (config_file, file_from_argv) if p is not None]:
+        _from_mapping(cfg, load_yaml(path), "")
+    for key, value in overrides:
+        set_key(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type cannot express."""
+    positive = {
+        "data.history_length": cfg.data.history_length,
+        "train.batch_size": cfg.train.batch_size,
+        "train.epochs": cfg.train.epochs,
+        "train.log_every": cfg.train.log_every,
+        "atjt.num_parts": cfg.atjt.num_parts,
+        "atjt.replace_count": cfg.atjt.replace_count,
+        "atjt.recognizer_batch_size": cfg.atjt.recognizer_batch_size,
+        "model.embedding_dim": cfg.model.embedding_dim,
+        "eval.k": cfg.eval.k,
+        "eval.batch_users": cfg.eval.batch_users,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    if cfg.atjt.enabled and cfg.atjt.num_parts < 2:
+        raise ConfigError("config key 'atjt.num_parts' must be >= 2 with ATJT on (cross-fitting needs another part)")
+    if not 0.0 < cfg.atjt.noise_fraction < 1.0:
+        raise ConfigError(f"config key 'atjt.noise_fraction' must be in (0, 1), got {cfg.atjt.noise_fraction}")
+    if not cfg.atjt.recognizer_lrs:
+        raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        raise ConfigError(f"config key 'train.max_steps' must be >= 1 or null, got {cfg.train.max_steps}")
+    for key, value in {"model.dropout": cfg.model.dropout, "atjt.recognizer.dropout": cfg.atjt.recognizer.dropout}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
+    sharding = {"auto", "data_parallel", "table_wise", "row_wise", "column_wise", "table_row_wise"}
+    if cfg.dist.sharding not in sharding:
+        raise ConfigError(
+            f"config key 'dist.sharding': expected one of {', '.join(sorted(sharding))}, got {cfg.dist.sharding!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Output and documentation
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain data (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config; loading it with --config reproduces the run's config."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def iter_fields(cls: type = Config, prefix: str = ""):
+    """Yield (dotted key, type, default, help) for every leaf field of the tree."""
+    types_ = _field_types(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = types_[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, key + ".")
+        else:
+            yield key, tp, getattr(instance, f.name), f.metadata.get("help", "")
+
+
+def describe(cls: type = Config) -> str:
+    """A Markdown table of every config key (the source of docs/config.md and --help)."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, tp, default, help_ in iter_fields(cls):
+        lines.append(f"| `{key}` | {_type_name(tp)} | `{default!r}` | {help_} |")
+    return "\n".join(lines) + "\n"

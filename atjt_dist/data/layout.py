@@ -1,0 +1,390 @@
+"""The dataset directory: what it holds, how it is written, how it is opened.
+
+Both `prepare` (real dumps) and `synthetic` (generated data) end in :func:`write_dataset`, so
+every dataset directory has the same schema and the same derived parts (popularity, folds,
+test candidates), computed by one piece of code.
+
+Layout (ids are dense; item 0 and category 0 are padding / "none" and never real)::
+
+    DIR/
+      meta.json              counts, source files + sha256, options, dropped counts, schema
+      interactions.parquet   user int32, item int32 (1..num_items), time int64
+                             sorted by (user, time, tie-break) -- the CSR order
+      users.parquet          user int32 (0..num_users-1), raw_user string, offset int64,
+                             length int32, fold int8
+      items.parquet          item int32 (1..num_items), raw_item string, category int32,
+                             popularity int64 (interactions in the dataset)
+      categories.parquet     category int32 (1..num_categories), name string
+      candidates.parquet     user int32, candidates fixed_size_list<int32>[C]: the user's last
+                             item (the test positive) first, then C-1 distinct negatives
+      noise.parquet          (only with planted noise) user int32, position int32 (index in
+                             the user's sequence), original_item int32, planted_item int32
+      arrays/*.npy           the same columns as flat numpy arrays, memory-mapped by training
+                             processes (several ranks on a node share one page cache copy)
+
+The Parquet files are the record a person or another tool reads; ``arrays/`` is derived from
+them by the writer (and rebuilt by :func:`open_arrays` if missing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+PADDING_ITEM = 0
+NO_CATEGORY = 0
+
+ARRAY_NAMES = (
+    "seq_items",  # int32 [num_interactions]  items in CSR order
+    "seq_offsets",  # int64 [num_users + 1]    user u's items are seq_items[o[u]:o[u+1]]
+    "fold",  # int8  [num_users]
+    "item_category",  # int32 [num_items + 1]    index 0 = padding -> 0
+    "popularity",  # int64 [num_items + 1]    index 0 = 0
+    "candidates",  # int32 [num_users, C]
+)
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing, incomplete or inconsistent; the message says what to do."""
+
+
+@dataclass
+class DatasetArrays:
+    """A dataset directory opened for training: read-only numpy arrays (memory-mapped)."""
+
+    path: Path
+    meta: dict
+    seq_items: np.ndarray
+    seq_offsets: np.ndarray
+    fold: np.ndarray
+    item_category: np.ndarray
+    popularity: np.ndarray
+    candidates: np.ndarray
+    noise_users: Optional[np.ndarray]  # bool [num_users]: planted noise ground truth, if any
+
+    @property
+    def num_users(self) -> int:
+        return int(self.meta["num_users"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.meta["num_items"])
+
+    @property
+    def num_categories(self) -> int:
+        return int(self.meta["num_categories"])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.seq_offsets).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assign_folds(num_users: int, folds: int, seed: int) -> np.ndarray:
+    """The paper's user k-fold: a seeded permutation of users cut into `folds` near-equal parts."""
+    from .sampling import permutation
+
+    order = permutation(num_users, seed, "folds")
+    fold = np.empty(num_users, dtype=np.int8)
+    for k, part in enumerate(np.array_split(order, folds)):
+        fold[part] = k
+    return fold
+
+
+def prepare_output_dir(output: str | Path, overwrite: bool) -> Path:
+    """Check the output path; refuses an existing non-empty directory unless `overwrite`."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise DatasetError(f"output {output} exists and is not a directory; choose another --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise DatasetError(f"output directory {output} is not empty; pass --overwrite to replace it")
+    return output
+
+
+def write_dataset(
+    output: str | Path,
+    *,
+    seq_items: np.ndarray,
+    seq_offsets: np.ndarray,
+    seq_times: np.ndarray,
+    raw_users: pa.Array,
+    raw_items: pa.Array,
+    item_category: np.ndarray,
+    category_names: pa.Array,
+    meta: dict,
+    folds: int = 5,
+    fold_seed: int = 0,
+    num_candidates: int = 64,
+    candidate_sampler: str = "popularity",
+    candidate_seed: int = 0,
+    popularity_exponent: float = 0.75,
+    noise: Optional[dict[str, np.ndarray]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete dataset directory atomically and return its path.
+
+    Inputs are already dense and sorted: user u's items (1..num_items, in time order) are
+    ``seq_items[seq_offsets[u]:seq_offsets[u+1]]`` with times ``seq_times``; ``raw_users[u]``
+    and ``raw_items[i-1]`` are the raw ids; ``item_category[i]`` (length num_items + 1, entry 0
+    unused) is item i's category (0 = none) and ``category_names[c-1]`` its name. ``meta`` holds
+    the caller's part (format, sources, options, dropped counts); counts, folds and candidate
+    settings are added here. ``noise`` (synthetic data) holds the ground-truth columns of
+    ``noise.parquet``. Everything goes to a temporary directory beside ``output`` that is
+    renamed at the end: a failure leaves nothing at ``output``.
+    """
+    from .sampling import build_alias, sample_candidates, user_item_sets
+
+    output = prepare_output_dir(output, overwrite)
+    seq_items = np.ascontiguousarray(seq_items, dtype=np.int32)
+    seq_offsets = np.ascontiguousarray(seq_offsets, dtype=np.int64)
+    num_users = len(seq_offsets) - 1
+    num_items = len(raw_items)
+    num_categories = len(category_names)
+    if num_users == 0 or len(seq_items) == 0:
+        raise DatasetError("the dataset is empty: no user has an interaction left")
+    if seq_items.min() < 1 or seq_items.max() > num_items:
+        raise DatasetError(f"item ids must lie in 1..{num_items}; found {seq_items.min()}..{seq_items.max()}")
+    if len(item_category) != num_items + 1:
+        raise DatasetError("item_category must have num_items + 1 entries (entry 0 is padding)")
+
+    popularity = np.bincount(seq_items, minlength=num_items + 1).astype(np.int64)
+    popularity[PADDING_ITEM] = 0
+    lengths = np.diff(seq_offsets)
+    max_owned = int(lengths.max())
+    if num_items - max_owned < num_candidates - 1:
+        raise DatasetError(
+            f"a user has interacted with {max_owned} of {num_items} items, leaving fewer than "
+            f"{num_candidates - 1} negatives for its test candidates; lower --candidates"
+        )
+    fold = assign_folds(num_users, folds, fold_seed)
+    weights = popularity[1:].astype(np.float64)
+    if candidate_sampler == "popularity":
+        weights = np.power(weights, popularity_exponent)
+    elif candidate_sampler == "uniform":
+        weights = np.ones(num_items, dtype=np.float64)
+    else:
+        raise DatasetError(f"candidate sampler {candidate_sampler!r}: expected 'popularity' or 'uniform'")
+    prob, alias = build_alias(weights)
+    owned, owned_offsets = user_item_sets(seq_items, seq_offsets)
+    candidates = sample_candidates(
+        seq_items, seq_offsets, owned, owned_offsets, prob, alias, num_candidates, candidate_seed
+    )
+
+    meta = dict(meta)
+    meta.update(
+        schema_version=SCHEMA_VERSION,
+        num_users=num_users,
+        num_items=num_items,
+        num_interactions=int(len(seq_items)),
+        num_categories=num_categories,
+        padding_item=PADDING_ITEM,
+        folds=folds,
+        fold_seed=fold_seed,
+        candidates={
+            "count": num_candidates,
+            "sampler": candidate_sampler,
+            "popularity_exponent": popularity_exponent,
+            "seed": candidate_seed,
+            "positive": "the user's last item, column 0",
+        },
+        has_noise_ground_truth=noise is not None,
+        written_at=_time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
+    )
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        user_ids = np.arange(num_users, dtype=np.int32)
+        pq.write_table(
+            pa.table(
+                {
+                    "user": pa.array(np.repeat(user_ids, lengths)),
+                    "item": pa.array(seq_items),
+                    "time": pa.array(np.ascontiguousarray(seq_times, dtype=np.int64)),
+                }
+            ),
+            tmp / "interactions.parquet",
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "user": pa.array(user_ids),
+                    "raw_user": raw_users.cast(pa.string()),
+                    "offset": pa.array(seq_offsets[:-1]),
+                    "length": pa.array(lengths.astype(np.int32)),
+                    "fold": pa.array(fold),
+                }
+            ),
+            tmp / "users.parquet",
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "item": pa.array(np.arange(1, num_items + 1, dtype=np.int32)),
+                    "raw_item": raw_items.cast(pa.string()),
+                    "category": pa.array(np.ascontiguousarray(item_category[1:], dtype=np.int32)),
+                    "popularity": pa.array(popularity[1:]),
+                }
+            ),
+            tmp / "items.parquet",
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "category": pa.array(np.arange(1, num_categories + 1, dtype=np.int32)),
+                    "name": category_names.cast(pa.string()),
+                }
+            ),
+            tmp / "categories.parquet",
+        )
+        cand_flat = pa.array(candidates.reshape(-1))
+        pq.write_table(
+            pa.table(
+                {
+                    "user": pa.array(user_ids),
+                    "candidates": pa.FixedSizeListArray.from_arrays(cand_flat, num_candidates),
+                }
+            ),
+            tmp / "candidates.parquet",
+        )
+        if noise is not None:
+            pq.write_table(
+                pa.table({k: pa.array(np.ascontiguousarray(v)) for k, v in noise.items()}),
+                tmp / "noise.parquet",
+            )
+        _write_arrays(
+            tmp / "arrays",
+            seq_items=seq_items,
+            seq_offsets=seq_offsets,
+            fold=fold,
+            item_category=np.ascontiguousarray(item_category, dtype=np.int32),
+            popularity=popularity,
+            candidates=candidates,
+        )
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def _write_arrays(directory: Path, **arrays: np.ndarray) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        np.save(directory / f"{name}.npy", np.ascontiguousarray(arr))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_meta(path: str | Path) -> dict:
+    """meta.json of a dataset directory, with a clear error if it is not one."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise DatasetError(
+            f"{path} is not a dataset directory (no meta.json); create one with "
+            "`python -m atjt_dist.data.prepare` or `python -m atjt_dist.data.synthetic`"
+        )
+    meta = json.loads(meta_file.read_text())
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetError(
+            f"{meta_file}: schema_version {meta.get('schema_version')!r}, this version reads "
+            f"{SCHEMA_VERSION}; prepare the dataset again"
+        )
+    return meta
+
+
+def _arrays_from_parquet(path: Path, meta: dict) -> dict[str, np.ndarray]:
+    users = pq.read_table(path / "users.parquet", columns=["offset", "length", "fold"])
+    items = pq.read_table(path / "items.parquet", columns=["category", "popularity"])
+    inter = pq.read_table(path / "interactions.parquet", columns=["item"])
+    cand = pq.read_table(path / "candidates.parquet", columns=["candidates"])
+    offsets = np.empty(meta["num_users"] + 1, dtype=np.int64)
+    offsets[:-1] = users.column("offset").to_numpy()
+    offsets[-1] = meta["num_interactions"]
+    count = meta["candidates"]["count"]
+    flat = cand.column("candidates").combine_chunks().flatten().to_numpy()
+    return {
+        "seq_items": inter.column("item").to_numpy().astype(np.int32),
+        "seq_offsets": offsets,
+        "fold": users.column("fold").to_numpy().astype(np.int8),
+        "item_category": np.concatenate([[0], items.column("category").to_numpy()]).astype(np.int32),
+        "popularity": np.concatenate([[0], items.column("popularity").to_numpy()]).astype(np.int64),
+        "candidates": flat.reshape(-1, count).astype(np.int32),
+    }
+
+
+def open_arrays(path: str | Path) -> DatasetArrays:
+    """Open a dataset directory for training with memory-mapped arrays.
+
+    If ``arrays/`` is missing (a directory written by another tool) the arrays are derived
+    from the Parquet files, and cached in ``arrays/`` when the directory is writable.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    array_dir = path / "arrays"
+    missing = [n for n in ARRAY_NAMES if not (array_dir / f"{n}.npy").is_file()]
+    if missing:
+        try:
+            arrays = _arrays_from_parquet(path, meta)
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            raise DatasetError(f"{path}: cannot read the dataset's Parquet files ({exc}); prepare it again") from None
+        try:
+            _write_arrays(array_dir, **arrays)
+        except OSError:
+            pass  # read-only dataset: use the in-memory arrays
+    else:
+        arrays = {n: np.load(array_dir / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES}
+    noise_users = None
+    if meta.get("has_noise_ground_truth"):
+        noisy = pq.read_table(path / "noise.parquet", columns=["user"]).column("user").to_numpy()
+        noise_users = np.zeros(meta["num_users"], dtype=bool)
+        noise_users[noisy] = True
+    ds = DatasetArrays(path=path, meta=meta, noise_users=noise_users, **arrays)
+    _check_consistent(ds)
+    return ds
+
+
+def _check_consistent(ds: DatasetArrays) -> None:
+    problems = []
+    if len(ds.seq_offsets) != ds.num_users + 1:
+        problems.append("seq_offsets does not have num_users + 1 entries")
+    if len(ds.seq_items) != ds.meta["num_interactions"]:
+        problems.append("the interaction count differs from meta.json")
+    if len(ds.item_category) != ds.num_items + 1:
+        problems.append("item_category does not have num_items + 1 entries")
+    if ds.candidates.shape[0] != ds.num_users:
+        problems.append("candidates does not have one row per user")
+    if problems:
+        raise DatasetError(f"{ds.path} is inconsistent: {'; '.join(problems)}; prepare it again")
