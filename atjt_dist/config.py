@@ -43,19 +43,38 @@ def knob(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at c
 
 @dataclass
 class SyntheticConfig:
-    """The generator of the embedded default dataset (see atjt_dist.data.synthetic)."""
+    """The generator of the embedded default dataset (see atjt_dist.data.synthetic).
+
+    Items fall into clusters (their categories); a user has a taste over a few clusters and
+    walks a sticky Markov chain over them, picking items by within-cluster Zipf popularity or by
+    following the previous item's successor links. Then a share of users get a share of their
+    history replaced by planted noise, whose ground truth is stored with the dataset.
+    """
 
     users: int = knob(20000, "Number of users to generate.")
-    items: int = knob(2000, "Number of items to generate.")
+    items: int = knob(2000, "Number of items to generate (at least 128: test candidates need 63 free items).")
     clusters: int = knob(20, "Number of item clusters (they are the items' categories).")
-    mean_length: float = knob(30.0, "Mean sequence length per user (at least min_length).")
-    min_length: int = knob(8, "Shortest sequence a user can have.")
+    taste_clusters: int = knob(3, "Clusters in a user's taste (a sparse mixture with random weights).")
+    stickiness: float = knob(
+        0.8, "Probability that a step not following a successor link stays in the current cluster."
+    )
+    successor_prob: float = knob(
+        0.5, "Probability that the next item is one of the previous item's successor links."
+    )
+    successors: int = knob(4, "Successor links per item (other items of its cluster).")
+    zipf_exponent: float = knob(1.0, "Within-cluster popularity: the item of rank r has weight (r + 1)^-a.")
+    mean_length: float = knob(30.0, "Mean sequence length per user (min_length + an exponential tail).")
+    min_length: int = knob(8, "Shortest sequence a user can have (at least 2: a history and a last item).")
     noisy_user_share: float = knob(0.3, "Share of users whose histories get planted noise.")
-    noisy_item_share: float = knob(0.3, "Share of a noisy user's interactions replaced by noise.")
+    noisy_item_share: float = knob(
+        0.3,
+        "Share of a noisy user's history (every item but the last) replaced by noise, rounded, "
+        "at least one item.",
+    )
     noise_kind: Literal["random", "popular", "foreign"] = knob(
         "random",
         "Planted noise: 'random' items drawn uniformly, 'popular' items drawn by popularity, "
-        "or 'foreign' items taken from another cluster's taste (shared accounts).",
+        "or 'foreign' a burst of consecutive items of another user's sequence (shared accounts).",
     )
     seed: int = knob(0, "Generator seed: same seed and sizes = byte-identical dataset.")
     cache_dir: Optional[str] = knob(
@@ -63,6 +82,35 @@ class SyntheticConfig:
         "Where the generated dataset is cached (default: $ATJT_CACHE or ~/.cache/atjt-dist). "
         "A dataset is generated once per distinct generator config.",
     )
+
+    def check(self, key: Any = None) -> None:
+        """Raise ConfigError for values the generator cannot honour.
+
+        ``key(field)`` names a field in the message (default: its dotted config key; the CLI
+        passes its option names).
+        """
+        name = key or (lambda f: f"config key 'data.synthetic.{f}'")
+        for f in ("users", "clusters", "taste_clusters", "successors"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{name(f)} must be >= 1, got {getattr(self, f)}")
+        if self.items < 128:
+            raise ConfigError(f"{name('items')} must be >= 128 (64 test candidates per user), got {self.items}")
+        if self.clusters > self.items:
+            raise ConfigError(f"{name('clusters')} must be <= items ({self.items}), got {self.clusters}")
+        if self.taste_clusters > self.clusters:
+            raise ConfigError(f"{name('taste_clusters')} must be <= clusters ({self.clusters}), got {self.taste_clusters}")
+        if not 2 <= self.min_length <= self.items // 2:
+            raise ConfigError(f"{name('min_length')} must be in [2, items/2 = {self.items // 2}], got {self.min_length}")
+        if not self.min_length <= self.mean_length <= self.items // 2:
+            raise ConfigError(
+                f"{name('mean_length')} must be in [min_length = {self.min_length}, items/2 = {self.items // 2}], "
+                f"got {self.mean_length}"
+            )
+        for f in ("stickiness", "successor_prob", "noisy_user_share", "noisy_item_share"):
+            if not 0.0 <= getattr(self, f) <= 1.0:
+                raise ConfigError(f"{name(f)} must be in [0, 1], got {getattr(self, f)}")
+        if not 0.0 <= self.zipf_exponent <= 10.0:
+            raise ConfigError(f"{name('zipf_exponent')} must be in [0, 10], got {self.zipf_exponent}")
 
 
 @dataclass
@@ -97,12 +145,21 @@ class DataConfig:
 
 
 @dataclass
+class DINConfig:
+    """DIN (Zhou et al. 2018) as the paper configures it."""
+
+    attention_hidden: list[int] = knob([32], "Hidden sizes of the attention MLP (input 4 x item dim = 64).")
+    mlp_hidden: list[int] = knob([256, 64], "Hidden sizes of the output MLP (input 40).")
+
+
+@dataclass
 class ModelConfig:
     """The base recommender."""
 
-    name: str = knob("din", "Base model: one of the names in atjt_dist.models.registry.")
+    name: str = knob("din", "Base model: one of the names in atjt_dist.models.REGISTRY.")
     embedding_dim: int = knob(8, "Embedding dimension of the user, item and category tables.")
     dropout: float = knob(0.0, "Dropout of the base model's hidden layers.")
+    din: DINConfig = knob(DINConfig(), "DIN's layer sizes.")
 
 
 @dataclass
@@ -110,8 +167,8 @@ class RecognizerConfig:
     """The noise-recognition model (a DIN-like target-attention network)."""
 
     embedding_dim: int = knob(8, "Embedding dimension of its user, item and category tables.")
-    attention_hidden: list[int] = knob([64, 32], "Attention MLP hidden sizes.")
-    mlp_hidden: list[int] = knob([256, 64], "Output MLP hidden sizes.")
+    attention_hidden: list[int] = knob([32], "Attention MLP hidden sizes (input 4 x item dim = 64).")
+    mlp_hidden: list[int] = knob([256, 64], "Output MLP hidden sizes (input 40).")
     dropout: float = knob(0.5, "Dropout of the attention MLP.")
 
 
@@ -408,6 +465,7 @@ def validate(cfg: Config) -> None:
     for key, value in {"model.dropout": cfg.model.dropout, "atjt.recognizer.dropout": cfg.atjt.recognizer.dropout}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
+    cfg.data.synthetic.check()
     sharding = {"auto", "data_parallel", "table_wise", "row_wise", "column_wise", "table_row_wise"}
     if cfg.dist.sharding not in sharding:
         raise ConfigError(

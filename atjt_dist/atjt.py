@@ -1,0 +1,305 @@
+"""ATJT: the partition/phase schedule, the joint module and the joint objective.
+
+Schedule (METHOD.md section 3). The training users are split into N parts. In phase j the
+recommender trains on part j (B^R) for E epochs while recogniser g_j, initialised afresh, trains
+on the other N-1 parts (B^D); recommender batch i of the phase is paired with recogniser batches
+i(N-1) .. (i+1)(N-1)-1 of B^D (B^D is reshuffled each time it is exhausted). The weights of a
+recommender sequence therefore always come from a recogniser that never trained on its user.
+The baseline runs the very same phases, batches and order with w = 1.
+
+Objective (METHOD.md section 5), one backward per step:
+
+    w_i = sigmoid(g_j(S_i, t_i))  on the clean recommender positive of row i (shared by its
+                                   paired negative); not detached unless atjt.detach
+    L_R = sum_i w_i BCE_i / sum_i w_i                      (kernels.weighted_bce)
+    L_D = mean BCE(g_j(corrupted B^D rows), clean label)
+    L   = L_R + lambda * L_D
+
+Ablations: 'no_aux' drops L_D and adds -c * mean(w^2) so the weights do not collapse; 'two_stage'
+trains g_j first on B^D alone, then freezes it and reweights the recommender with detached
+weights.
+
+Every sum and mean is over the *global* batch (see collectives.py), so W processes compute the
+same losses and gradients as one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import atjt_kernels
+
+from .collectives import global_sum, world_size
+from .config import Config
+from .data.dataset import BatchArrays, SampleSpace, TrainingData
+from .data.sampling import partition_users
+from .models import ModelSpec, NoiseRecognizer, build_recommender
+from .models.batch import SequenceBatch
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+JOINT, RECOGNIZER_ONLY, RECOMMENDER_ONLY = "joint", "recognizer", "recommender"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one training step consumes."""
+
+    step: int  # global step index, 0-based
+    phase: int
+    stage: str  # JOINT, RECOGNIZER_ONLY or RECOMMENDER_ONLY
+    epoch: int  # epoch within the phase (and stage)
+    batch: int  # recommender batch index within the epoch
+    phase_batch: int  # recommender batch index within the phase: epoch * batches + batch
+    recognizer_batches: tuple[int, ...]  # indices into the phase's B^D stream (may be empty)
+
+
+@dataclass
+class Phase:
+    """The data of one phase: the recommender's part and the recogniser's parts."""
+
+    index: int
+    rec_users: np.ndarray
+    aux_users: np.ndarray
+    rec_space: SampleSpace
+    aux_space: Optional[SampleSpace]
+    rec_batches: int  # full recommender batches per epoch
+    aux_batches: int  # full recogniser batches per pass over B^D
+
+
+class Schedule:
+    """The run's sequence of steps and the batches each step reads."""
+
+    def __init__(self, data: TrainingData, cfg: Config) -> None:
+        self.data = data
+        self.cfg = cfg
+        a = cfg.atjt
+        self.uses_recognizer = a.enabled
+        self.variant = a.variant if a.enabled else None
+        self.num_parts = a.num_parts
+        self.epochs = cfg.train.epochs
+        self.batch = cfg.train.batch_size
+        self.aux_batch = a.recognizer_batch_size
+        self.parts = partition_users(data.train_users, a.num_parts, cfg.seed)
+        self.phases: list[Phase] = []
+        for j, part in enumerate(self.parts):
+            others = np.concatenate([p for k, p in enumerate(self.parts) if k != j]) if a.num_parts > 1 else part[:0]
+            rec_space = data.sample_space(part)
+            aux_space = data.sample_space(others) if (self.uses_recognizer and len(others)) else None
+            rec_batches = data.num_batches(rec_space, self.batch)
+            aux_batches = data.num_batches(aux_space, self.aux_batch) if aux_space is not None else 0
+            if rec_batches == 0:
+                raise ValueError(
+                    f"phase {j}: part of {len(part)} users has {rec_space.size} samples, fewer than one batch of "
+                    f"train.batch_size={self.batch}; lower the batch size or atjt.num_parts"
+                )
+            if self.uses_recognizer and aux_batches == 0:
+                raise ValueError(
+                    f"phase {j}: the recogniser's {aux_space.size} samples are fewer than one batch of "
+                    f"atjt.recognizer_batch_size={self.aux_batch}; lower it"
+                )
+            self.phases.append(Phase(j, part, others, rec_space, aux_space, rec_batches, aux_batches))
+        self.dropped_samples = sum(p.rec_space.size - p.rec_batches * self.batch for p in self.phases)
+
+    # -- the sequence of steps -------------------------------------------------------------
+
+    def stages(self) -> list[str]:
+        if not self.uses_recognizer:
+            return [RECOMMENDER_ONLY]
+        if self.variant == "two_stage":
+            return [RECOGNIZER_ONLY, RECOMMENDER_ONLY]
+        return [JOINT]
+
+    def _recognizer_indices(self, phase_batch: int) -> tuple[int, ...]:
+        per = self.num_parts - 1
+        return tuple(range(phase_batch * per, (phase_batch + 1) * per))
+
+    def steps(self) -> Iterator[StepPlan]:
+        """Every step of the run, in order (a pure function of the config and the data)."""
+        step = 0
+        for ph in self.phases:
+            for stage in self.stages():
+                for epoch in range(self.epochs):
+                    for b in range(ph.rec_batches):
+                        phase_batch = epoch * ph.rec_batches + b
+                        rg = self._recognizer_indices(phase_batch) if stage in (JOINT, RECOGNIZER_ONLY) and self.variant != "no_aux" else ()
+                        yield StepPlan(step, ph.index, stage, epoch, b, phase_batch, rg)
+                        step += 1
+
+    def total_steps(self) -> int:
+        return sum(ph.rec_batches for ph in self.phases) * self.epochs * len(self.stages())
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def recommender_batch(self, plan: StepPlan) -> BatchArrays:
+        ph = self.phases[plan.phase]
+        order = self._order(ph.rec_space, "rec", plan.phase, plan.epoch)
+        return self.data.recommender_batch(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch))
+
+    def recognizer_batch(self, plan: StepPlan) -> Optional[BatchArrays]:
+        """The step's N-1 corrupted recogniser batches, rows concatenated (None if none)."""
+        if not plan.recognizer_batches:
+            return None
+        ph = self.phases[plan.phase]
+        a = self.cfg.atjt
+        parts = []
+        for k in plan.recognizer_batches:
+            cycle, index = divmod(k, ph.aux_batches)
+            order = self._order(ph.aux_space, "aux", plan.phase, cycle)
+            parts.append(
+                self.data.recognizer_batch(
+                    ph.aux_space, order, index, self.aux_batch, counters=(plan.phase, k),
+                    noise_fraction=a.noise_fraction, replace_count=a.replace_count,
+                    per_row_position=a.per_row_position, replacement=a.replacement,
+                )
+            )
+        if len(parts) == 1:
+            return parts[0]
+        return BatchArrays(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in BatchArrays.__dataclass_fields__})
+
+    def _order(self, space: SampleSpace, kind: str, phase: int, epoch: int) -> np.ndarray:
+        # One shuffle per (kind, phase, epoch); kept until the next one is needed.
+        key = (kind, phase, epoch)
+        cache = self.__dict__.setdefault("_orders", {})
+        if key not in cache:
+            for old in [k for k in cache if k[0] == kind]:
+                del cache[old]
+            stream = (phase, epoch) if kind == "rec" else (1_000_003, phase, epoch)
+            cache[key] = self.data.epoch_order(space, *stream)
+        return cache[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The joint module
+# ---------------------------------------------------------------------------------------------
+
+
+class JointModel(nn.Module):
+    """The recommender and the N recognisers in one module tree (one DMP, one backward).
+
+    ``forward(rec, aux, phase, stage)`` returns a dict with
+    - ``rec_logits`` [R]: the recommender's logits on the recommender rows (positives, negatives);
+    - ``weight_logits`` [R/2]: recogniser g_phase on the clean positives (absent for the baseline);
+    - ``aux_logits`` [A]: g_phase on the corrupted recogniser rows (absent without them).
+    The recogniser sees its two inputs in one pass (rows concatenated).
+    """
+
+    def __init__(self, spec: ModelSpec, cfg: Config) -> None:
+        super().__init__()
+        self.recommender = build_recommender(spec, cfg.model)
+        n = cfg.atjt.num_parts if cfg.atjt.enabled else 0
+        self.recognizers = nn.ModuleList(
+            NoiseRecognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)
+        )
+
+    def forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> dict:
+        out: dict[str, torch.Tensor] = {}
+        if stage != RECOGNIZER_ONLY and rec is not None:
+            out["rec_logits"] = self.recommender(rec)
+        if not len(self.recognizers):
+            return out
+        g = self.recognizers[phase]
+        if stage == RECOGNIZER_ONLY:
+            out["aux_logits"] = g(aux)
+            return out
+        positives = rec.select(slice(0, len(rec) // 2))
+        if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
+            with torch.no_grad():
+                out["weight_logits"] = g(positives)
+            return out
+        if aux is None:
+            out["weight_logits"] = g(positives)
+            return out
+        both = g(SequenceBatch.concat([positives, aux]))
+        out["weight_logits"], out["aux_logits"] = both[: len(positives)], both[len(positives) :]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective
+# ---------------------------------------------------------------------------------------------
+
+
+def _reduce(t: torch.Tensor) -> torch.Tensor:
+    return global_sum(t)
+
+
+@dataclass
+class Losses:
+    """The step's losses (global values) and the tensor to back-propagate."""
+
+    backward: torch.Tensor  # world_size x this rank's share: DDP's averaging then gives the global gradient
+    total: torch.Tensor
+    rec: Optional[torch.Tensor] = None
+    aux: Optional[torch.Tensor] = None
+    stats: dict = field(default_factory=dict)
+
+
+def global_mean_bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's share of the global mean BCE, the global mean BCE)."""
+    local = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
+    count = global_sum(logits.new_tensor(float(logits.numel()), dtype=torch.float64))
+    share = local / count.float()
+    return share, global_sum(share.detach())
+
+
+def atjt_objective(out: dict, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], cfg: Config, stage: str) -> Losses:
+    """The joint loss of one step (see the module docstring); baseline when out has no weights."""
+    a = cfg.atjt
+    world = world_size()
+    stats: dict[str, torch.Tensor] = {}
+    share = torch.zeros((), device=next(iter(out.values())).device)
+    total = torch.zeros_like(share)
+    rec_loss = aux_loss = None
+
+    if "rec_logits" in out:
+        logits = out["rec_logits"]
+        if "weight_logits" in out:
+            w_pos = torch.sigmoid(out["weight_logits"].float())
+            if a.detach or stage == RECOMMENDER_ONLY:
+                w_pos = w_pos.detach()
+            weights = torch.cat([w_pos, w_pos])  # the paired negative shares its positive's weight
+            stats["weight_mean"] = global_sum(w_pos.detach().sum()) / global_sum(w_pos.new_tensor(float(w_pos.numel())))
+        else:
+            weights = torch.ones_like(logits, dtype=torch.float32)
+        rec_loss = atjt_kernels.weighted_bce(logits, rec.label, weights, reduce=_reduce)
+        # The kernel returns the global L_R with this rank's rows' share of the gradient.
+        share = share + rec_loss
+        total = total + rec_loss.detach()
+        if a.enabled and a.variant == "no_aux" and "weight_logits" in out:
+            w2_share, w2 = global_mean_sq(w_pos)
+            share = share - a.no_aux_penalty * w2_share
+            total = total - a.no_aux_penalty * w2
+
+    if "aux_logits" in out and a.variant != "no_aux":
+        aux_share, aux_loss = global_mean_bce(out["aux_logits"], aux.label)
+        share = share + a.aux_weight * aux_share
+        total = total + a.aux_weight * aux_loss
+        with torch.no_grad():
+            p = torch.sigmoid(out["aux_logits"].float())
+            clean = aux.label > 0.5
+            stats["w_clean_sum"] = global_sum(p[clean].sum())
+            stats["w_clean_n"] = global_sum(clean.sum().double())
+            stats["w_noisy_sum"] = global_sum(p[~clean].sum())
+            stats["w_noisy_n"] = global_sum((~clean).sum().double())
+
+    # Losses built from global normalisers give each rank its share of the global gradient;
+    # DDP and TorchRec average gradients over ranks, so scale by the world size to undo that.
+    # The rec term's share is already a global value on each rank whose gradient only reaches
+    # local rows, as for the other terms.
+    return Losses(backward=share * world, total=total, rec=rec_loss, aux=aux_loss, stats=stats)
+
+
+def global_mean_sq(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's share of the global mean of w^2, the global mean of w^2)."""
+    count = global_sum(w.new_tensor(float(w.numel()), dtype=torch.float64)).float()
+    share = (w * w).sum() / count
+    return share, global_sum(share.detach())

@@ -1,0 +1,120 @@
+"""Building blocks shared by the models: Dice, MLPs and DIN-style target attention."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..collectives import global_sum_differentiable
+
+
+class Dice(nn.Module):
+    """Dice activation (Zhou et al., DIN, KDD 2018): p(s) * s + (1 - p(s)) * alpha * s.
+
+    p(s) = sigmoid of s standardised with batch statistics (training) or running ones (eval);
+    ``alpha`` is learned per feature. The batch statistics are taken over the valid positions
+    only (``mask``) and over the *global* batch when several ranks train together, so the
+    activation of a row does not depend on how the batch was split across processes.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(num_features))
+        self.eps = eps
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.training:
+            flat = x.reshape(-1, x.shape[-1])
+            if mask is not None:
+                flat = flat[mask.reshape(-1)]
+            moments = torch.cat([flat.sum(0), (flat * flat).sum(0), flat.new_tensor([flat.shape[0]])])
+            moments = global_sum_differentiable(moments)
+            h = x.shape[-1]
+            count = moments[-1].clamp_min(1.0)
+            mean = moments[:h] / count
+            var = (moments[h : 2 * h] / count - mean * mean).clamp_min(0.0)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach(), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        p = torch.sigmoid((x - mean) / torch.sqrt(var + self.eps))
+        return p * x + (1.0 - p) * self.alpha * x
+
+
+class PReLU(nn.Module):
+    """PReLU with one slope per feature of the *last* dimension (nn.PReLU uses dimension 1,
+    which is the sequence axis for [B, L, H] inputs)."""
+
+    def __init__(self, num_features: int, init: float = 0.25) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((num_features,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, self.weight * x)
+
+
+def activation(name: str, width: int) -> nn.Module:
+    """'dice', 'prelu', 'relu' or 'sigmoid' for a layer of ``width`` features."""
+    if name == "dice":
+        return Dice(width)
+    if name == "prelu":
+        return PReLU(width)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class MLP(nn.Module):
+    """Linear -> activation (-> dropout) for each hidden size, then a final Linear to ``out``."""
+
+    def __init__(self, inp: int, hidden: list[int], out: int, act: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        width = inp
+        for h in hidden:
+            self.linears.append(nn.Linear(width, h))
+            self.acts.append(activation(act, h))
+            width = h
+        self.out = nn.Linear(width, out)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        for lin, act in zip(self.linears, self.acts):
+            x = lin(x)
+            x = act(x, mask) if isinstance(act, Dice) else act(x)
+            x = self.dropout(x)
+        return self.out(x)
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: a score per history position from [h; t; h - t; h * t].
+
+    ``normalise='softmax'`` gives DIN's softmax over valid positions; ``'none'`` keeps the raw
+    masked scores (the noise recogniser's form). Returns the pooled history [B, D].
+    """
+
+    def __init__(self, dim: int, hidden: list[int], act: str, dropout: float = 0.0, normalise: str = "softmax") -> None:
+        super().__init__()
+        if normalise not in ("softmax", "none"):
+            raise ValueError(f"normalise must be 'softmax' or 'none', got {normalise!r}")
+        self.normalise = normalise
+        self.mlp = MLP(4 * dim, hidden, 1, act, dropout)
+
+    def forward(self, hist: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = target[:, None, :].expand_as(hist)
+        scores = self.mlp(torch.cat([hist, t, hist - t, hist * t], dim=-1), mask).squeeze(-1)  # [B, L]
+        if self.normalise == "softmax":
+            # A row without history gets uniform weights over zero vectors: pooled = 0, no NaN.
+            weights = torch.softmax(scores.masked_fill(~mask, -1e30), dim=-1)
+        else:
+            weights = scores * mask
+        return torch.einsum("bl,bld->bd", weights, hist)

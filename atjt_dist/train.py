@@ -1,0 +1,38 @@
+"""Train a base model with or without ATJT:  python -m atjt_dist.train [--config FILE] [--k=v ...]
+
+With no arguments: the embedded default (synthetic data with planted noise, DIN, ATJT on).
+Under torchrun every process runs this same entry point; rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import run_cli
+from .config import build_config
+from .runlog import metrics_table
+from .trainer import Trainer
+
+
+def _main(argv: list[str]) -> int:
+    cfg = build_config(argv)
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+        metrics = trainer.evaluate()
+        trainer.finish(metrics)
+        if trainer.ctx.is_main:
+            print(metrics_table({f"{cfg.model.name} {trainer.method}": metrics}, cfg.eval.k))
+            print(f"run directory: {trainer.run_dir}")
+    finally:
+        trainer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (atjt-train)."""
+    return run_cli(_main, argv, "python -m atjt_dist.train", __doc__.strip().splitlines()[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The Trainer: builds a run from a Config, trains it step by step, evaluates it.
+
+    trainer = Trainer(cfg)          # process group, data, model (sharded), optimisers
+    trainer.train()                 # the schedule of atjt.Schedule, logging on rank 0
+    metrics = trainer.evaluate()    # exact test metrics over the stored candidates
+    trainer.close()
+
+One training step (``train_step``): build this rank's rows of the step's batches, one forward of
+the joint module, the joint objective, one backward (the embedding tables' optimiser runs fused
+inside it), one dense optimiser step. Statistics stay on the device and are read every
+``train.log_every`` steps, so the step itself never waits for the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .atjt import RECOGNIZER_ONLY, JointModel, Losses, Schedule, StepPlan, atjt_objective
+from .config import Config, dump_yaml
+from .data.dataset import TrainingData
+from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
+from .metrics import CandidateMetrics, gather_binary_auc
+from .models import ModelSpec
+from .models.batch import SequenceBatch
+from .optim import build_optimizers
+from .runlog import MetricsWriter, choose_run_dir, progress_bar, setup_logging, write_json
+
+log = logging.getLogger("atjt_dist")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the quantity."""
+
+
+def method_name(cfg: Config) -> str:
+    """A short name of the training method, for run names and tables."""
+    if not cfg.atjt.enabled:
+        return "base"
+    return "atjt" if cfg.atjt.variant == "joint" else f"atjt-{cfg.atjt.variant}"
+
+
+def resolve_data_path(cfg: Config, ctx: DistContext) -> Path:
+    """cfg.data.path, or the embedded synthetic dataset (generated once, then cached)."""
+    if cfg.data.path:
+        return Path(cfg.data.path)
+    from .data.synthetic import ensure_dataset
+
+    return ensure_dataset(cfg.data.synthetic)
+
+
+class _WindowStats:
+    """Sums of the step statistics since the last log line (device tensors, no host syncs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
+        self.steps = 0
+        self.rows = 0
+        self.total, self.rec, self.aux = z(), z(), z()
+        self.weight_mean = z()
+        self.w_clean_sum, self.w_clean_n, self.w_noisy_sum, self.w_noisy_n = z(), z(), z(), z()
+        self.aux_scores: list[torch.Tensor] = []
+        self.aux_labels: list[torch.Tensor] = []
+        self.started = time.perf_counter()
+
+    def add(self, losses: Losses, out: dict, aux: Optional[SequenceBatch], global_rows: int) -> None:
+        self.steps += 1
+        self.rows += global_rows
+        self.total += losses.total.detach().double()
+        if losses.rec is not None:
+            self.rec += losses.rec.detach().double()
+        if losses.aux is not None:
+            self.aux += losses.aux.detach().double()
+        s = losses.stats
+        if "weight_mean" in s:
+            self.weight_mean += s["weight_mean"].double()
+        if "w_clean_sum" in s:
+            self.w_clean_sum += s["w_clean_sum"].double()
+            self.w_clean_n += s["w_clean_n"].double()
+            self.w_noisy_sum += s["w_noisy_sum"].double()
+            self.w_noisy_n += s["w_noisy_n"].double()
+        if "aux_logits" in out and aux is not None:
+            self.aux_scores.append(out["aux_logits"].detach().float())
+            self.aux_labels.append(aux.label)
+
+    def summary(self) -> dict:
+        n = max(self.steps, 1)
+        elapsed = time.perf_counter() - self.started
+        rec = {
+            "loss": (self.total / n).item(),
+            "samples_per_s": self.rows / elapsed if elapsed > 0 else float("nan"),
+        }
+        if self.rec.item() != 0:
+            rec["loss_rec"] = (self.rec / n).item()
+        if self.aux.item() != 0:
+            rec["loss_aux"] = (self.aux / n).item()
+        if self.weight_mean.item() != 0:
+            rec["weight_mean"] = (self.weight_mean / n).item()
+        if self.w_clean_n.item() > 0:
+            rec["w_clean"] = (self.w_clean_sum / self.w_clean_n).item()
+        if self.w_noisy_n.item() > 0:
+            rec["w_noisy"] = (self.w_noisy_sum / self.w_noisy_n).item()
+        if self.aux_scores:
+            rec["recognizer_auc"] = gather_binary_auc(torch.cat(self.aux_scores), torch.cat(self.aux_labels))
+        return rec
+
+
+class Trainer:
+    """A run: setup in __init__, then train(), evaluate(), close()."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.ctx = init_distributed(cfg.dist)
+        self.method = method_name(cfg)
+        self.run_dir = choose_run_dir(cfg.run_dir, cfg.model.name, self.method)
+        setup_logging(self.run_dir, self.ctx.is_main)
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(cfg, self.run_dir / "config.yaml")
+        self.metrics_log = MetricsWriter(self.run_dir, enabled=self.ctx.is_main)
+        if cfg.train.batch_size % self.ctx.world or cfg.atjt.recognizer_batch_size % self.ctx.world:
+            raise ValueError(
+                f"train.batch_size={cfg.train.batch_size} and atjt.recognizer_batch_size="
+                f"{cfg.atjt.recognizer_batch_size} must be multiples of the {self.ctx.world} processes"
+            )
+
+        data_path = resolve_data_path(cfg, self.ctx)
+        d = cfg.data
+        self.data = TrainingData(
+            data_path, split=d.split, fold=d.fold, history_length=d.history_length, mode=d.mode,
+            negative_sampler=d.negative_sampler, popularity_exponent=d.popularity_exponent,
+            seed=cfg.seed, rank=self.ctx.rank, world=self.ctx.world,
+        )
+        self.schedule = Schedule(self.data, cfg)
+        meta = self.data.meta
+        self.spec = ModelSpec(meta["num_users"], meta["num_items"], meta["num_categories"], d.history_length)
+        noise = self.data.arrays.noise_users
+        self.noise_users = torch.from_numpy(noise).to(self.ctx.device) if noise is not None else None
+
+        # Same seed on every rank -> the same unsharded initial weights everywhere.
+        torch.manual_seed(cfg.seed)
+        model = JointModel(self.spec, cfg)
+        full_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.dense_optimizer_factory = build_optimizers(model, cfg)  # fused sparse optimisers are attached here
+        # Recognisers of other phases are idle in a step, so DDP must allow unused parameters.
+        self.model, self.plan = shard_model(
+            model, self.ctx, cfg.dist.sharding, find_unused_parameters=len(model.recognizers) > 0
+        )
+        load_full_state(self.model, full_state)
+        self.dense_optimizer = self.dense_optimizer_factory(self.model)
+        self.step = 0
+        if self.ctx.is_main:
+            log.info("run directory %s", self.run_dir)
+            log.info(
+                "data %s: %d users (%d train, %d test), %d items, %d categories; %d processes on %s",
+                data_path, meta["num_users"], len(self.data.train_users), len(self.data.test_users),
+                meta["num_items"], meta["num_categories"], self.ctx.world, self.ctx.device,
+            )
+            log.info("sharding plan:\n%s", self.plan)
+            log.info(
+                "%s: %d phases x %d epochs, %d steps; %d samples dropped as incomplete last batches",
+                self.method, len(self.schedule.phases), cfg.train.epochs, self.total_steps(), self.schedule.dropped_samples,
+            )
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def total_steps(self) -> int:
+        total = self.schedule.total_steps()
+        return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+
+    def _batches(self, plan: StepPlan) -> tuple[Optional[SequenceBatch], Optional[SequenceBatch]]:
+        dev = self.ctx.device
+        rec = None if plan.stage == RECOGNIZER_ONLY else SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(dev)
+        aux_arrays = self.schedule.recognizer_batch(plan)
+        aux = SequenceBatch.from_arrays(aux_arrays).to(dev) if aux_arrays is not None else None
+        return rec, aux
+
+    def train_step(self, plan: StepPlan) -> tuple[Losses, dict, Optional[SequenceBatch], Optional[SequenceBatch]]:
+        """One optimisation step of the plan's batches; returns losses and outputs (on device)."""
+        rec, aux = self._batches(plan)
+        out = self.model(rec, aux, plan.phase, plan.stage)
+        losses = atjt_objective(out, rec, aux, self.cfg, plan.stage)
+        losses.backward.backward()  # embedding tables update here (fused optimiser)
+        self.dense_optimizer.step()
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        return losses, out, rec, aux
+
+    def train(self) -> None:
+        """Run the schedule from the current step to the end (or train.max_steps)."""
+        cfg = self.cfg
+        total = self.total_steps()
+        stats = _WindowStats(self.ctx.device)
+        weights, clean = [], []  # planted-noise ground truth vs weights, per phase
+        bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
+        phase = None
+        self.model.train()
+        for plan in self.schedule.steps():
+            if plan.step < self.step:
+                continue
+            if plan.step >= total:
+                break
+            if phase is not None and plan.phase != phase:
+                self._end_phase(phase, weights, clean)
+                weights, clean = [], []
+            phase = plan.phase
+            losses, out, rec, aux = self.train_step(plan)
+            self.step = plan.step + 1
+            global_rows = (len(rec) if rec is not None else 0) * self.ctx.world
+            stats.add(losses, out, aux, global_rows)
+            if self.noise_users is not None and "weight_logits" in out:
+                weights.append(torch.sigmoid(out["weight_logits"].detach().float()))
+                clean.append(~self.noise_users[rec.user[: len(rec) // 2]])
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.train.log_every == 0 or self.step == total:
+                self._log_window(plan, stats, bar)
+                stats.reset()
+        if phase is not None:
+            self._end_phase(phase, weights, clean)
+        if bar is not None:
+            bar.close()
+
+    def _log_window(self, plan: StepPlan, stats: _WindowStats, bar) -> None:
+        record = stats.summary()
+        if not math.isfinite(record["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss at or before step {self.step} (phase {plan.phase}, {plan.stage}): "
+                f"loss={record['loss']}, L_R={record.get('loss_rec')}, L_D={record.get('loss_aux')}; "
+                "lower the learning rates or atjt.aux_weight"
+            )
+        self.metrics_log.write("train", step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch, **record)
+        if self.ctx.is_main:
+            parts = [f"step {self.step}/{self.total_steps()}", f"phase {plan.phase}", f"loss {record['loss']:.4f}"]
+            for key, label in (("loss_rec", "L_R"), ("loss_aux", "L_D"), ("w_clean", "w_clean"), ("w_noisy", "w_noisy"), ("recognizer_auc", "rg_auc")):
+                if key in record:
+                    parts.append(f"{label} {record[key]:.4f}")
+            parts.append(f"{record['samples_per_s']:.0f} samples/s")
+            line = " | ".join(parts)
+            if bar is not None:
+                bar.write(line)
+            else:
+                log.info(line)
+
+    def _end_phase(self, phase: int, weights: list, clean: list) -> None:
+        if self.noise_users is None or not self.schedule.uses_recognizer:
+            return  # the same on every rank, so no rank skips a collective alone
+        empty = torch.empty(0, device=self.ctx.device)
+        auc = gather_binary_auc(torch.cat(weights) if weights else empty, torch.cat(clean).float() if clean else empty)
+        self.metrics_log.write("phase_end", step=self.step, phase=phase, noise_weight_auc=auc)
+        if self.ctx.is_main:
+            log.info("phase %d done: AUC of the weights separating clean from planted-noise users %.4f", phase, auc)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Test metrics over the stored candidates (exact across ranks)."""
+        cfg = self.cfg
+        world = self.ctx.world
+        users_per_batch = -(-cfg.eval.batch_users // world) * world
+        acc = CandidateMetrics(k=cfg.eval.k)
+        recommender = self.model.module.recommender
+        self.model.eval()
+        try:
+            for b in range(self.data.num_test_batches(users_per_batch)):
+                rows, valid = self.data.test_batch(b, users_per_batch)
+                batch = SequenceBatch.from_arrays(rows).to(self.ctx.device)
+                scores = recommender(batch).view(len(valid), -1)
+                acc.update(scores, torch.from_numpy(valid).to(self.ctx.device))
+        finally:
+            self.model.train()
+        metrics = acc.compute()
+        self.metrics_log.write("test", step=self.step, **metrics)
+        return metrics
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def save_weights(self) -> Path:
+        """The trained weights as a torch.distributed.checkpoint directory (sharded tables)."""
+        import torch.distributed.checkpoint as dcp
+
+        path = self.run_dir / "model"
+        dcp.save(self.model.state_dict(), checkpoint_id=str(path))
+        return path
+
+    def finish(self, metrics: dict) -> None:
+        """Write metrics.json and the weights."""
+        self.save_weights()
+        if self.ctx.is_main:
+            write_json(self.run_dir / "metrics.json", {**metrics, "method": self.method, "model": self.cfg.model.name, "steps": self.step})
+
+    def close(self) -> None:
+        """Release the model and the process group (in that order: see distributed.shutdown)."""
+        self.metrics_log.close()
+        self.model = None
+        self.dense_optimizer = None
+        ctx, self.ctx = self.ctx, None
+        shutdown(ctx)
