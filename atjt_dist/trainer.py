@@ -114,12 +114,46 @@ class _WindowStats:
         return rec
 
 
+class _NoiseAudit:
+    """Weights given to recommender positives vs the planted-noise ground truth of their users.
+
+    Collected in each phase's last epoch (the trained recogniser's weights); the AUC says how
+    well the weights rank clean users above noisy ones (1 = perfectly, 0.5 = not at all).
+    """
+
+    def __init__(self, noise_users: Optional[torch.Tensor], device: torch.device) -> None:
+        self.noise_users = noise_users
+        self.device = device
+        self.phase: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.run: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, out: dict, rec: Optional[SequenceBatch]) -> None:
+        if self.noise_users is None or "weight_logits" not in out or rec is None:
+            return
+        w = torch.sigmoid(out["weight_logits"].detach().float())
+        clean = (~self.noise_users[rec.user[: len(w)]]).float()
+        self.phase.append((w, clean))
+
+    def next_phase(self) -> None:
+        self.run.extend(self.phase)
+        self.phase = []
+
+    def auc(self, whole_run: bool) -> float:
+        pairs = self.run + self.phase if whole_run else self.phase
+        if not pairs:
+            empty = torch.empty(0, device=self.device)
+            return gather_binary_auc(empty, empty)
+        return gather_binary_auc(torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
+
+
 class Trainer:
     """A run: setup in __init__, then train(), evaluate(), close()."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, ctx: Optional[DistContext] = None) -> None:
         self.cfg = cfg
-        self.ctx = init_distributed(cfg.dist)
+        # A caller that runs several trainers (compare) passes its context and keeps the group.
+        self.ctx = ctx if ctx is not None else init_distributed(cfg.dist)
+        self._owns_ctx = ctx is None
         self.method = method_name(cfg)
         self.run_dir = choose_run_dir(cfg.run_dir, cfg.model.name, self.method)
         setup_logging(self.run_dir, self.ctx.is_main)
@@ -158,6 +192,7 @@ class Trainer:
         load_full_state(self.model, full_state)
         self.dense_optimizer = self.dense_optimizer_factory(self.model)
         self.step = 0
+        self.noise_weight_auc: Optional[float] = None
         if self.ctx.is_main:
             log.info("run directory %s", self.run_dir)
             log.info(
@@ -199,7 +234,7 @@ class Trainer:
         cfg = self.cfg
         total = self.total_steps()
         stats = _WindowStats(self.ctx.device)
-        weights, clean = [], []  # planted-noise ground truth vs weights, per phase
+        noise = _NoiseAudit(self.noise_users, self.ctx.device)
         bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
         phase = None
         self.model.train()
@@ -209,23 +244,23 @@ class Trainer:
             if plan.step >= total:
                 break
             if phase is not None and plan.phase != phase:
-                self._end_phase(phase, weights, clean)
-                weights, clean = [], []
+                self._end_phase(phase, noise)
             phase = plan.phase
             losses, out, rec, aux = self.train_step(plan)
             self.step = plan.step + 1
             global_rows = (len(rec) if rec is not None else 0) * self.ctx.world
             stats.add(losses, out, aux, global_rows)
-            if self.noise_users is not None and "weight_logits" in out:
-                weights.append(torch.sigmoid(out["weight_logits"].detach().float()))
-                clean.append(~self.noise_users[rec.user[: len(rec) // 2]])
+            if plan.epoch == self.cfg.train.epochs - 1:  # the trained recogniser's weights
+                noise.add(out, rec)
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_window(plan, stats, bar)
                 stats.reset()
         if phase is not None:
-            self._end_phase(phase, weights, clean)
+            self._end_phase(phase, noise)
+            if self.noise_users is not None and self.schedule.uses_recognizer:
+                self.noise_weight_auc = noise.auc(whole_run=True)
         if bar is not None:
             bar.close()
 
@@ -250,14 +285,14 @@ class Trainer:
             else:
                 log.info(line)
 
-    def _end_phase(self, phase: int, weights: list, clean: list) -> None:
+    def _end_phase(self, phase: int, noise: "_NoiseAudit") -> None:
         if self.noise_users is None or not self.schedule.uses_recognizer:
-            return  # the same on every rank, so no rank skips a collective alone
-        empty = torch.empty(0, device=self.ctx.device)
-        auc = gather_binary_auc(torch.cat(weights) if weights else empty, torch.cat(clean).float() if clean else empty)
+            return  # the same decision on every rank, so no rank skips a collective alone
+        auc = noise.auc(whole_run=False)
+        noise.next_phase()
         self.metrics_log.write("phase_end", step=self.step, phase=phase, noise_weight_auc=auc)
         if self.ctx.is_main:
-            log.info("phase %d done: AUC of the weights separating clean from planted-noise users %.4f", phase, auc)
+            log.info("phase %d: AUC of the weights separating clean from planted-noise users %.4f", phase, auc)
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -279,6 +314,8 @@ class Trainer:
         finally:
             self.model.train()
         metrics = acc.compute()
+        if self.noise_weight_auc is not None:
+            metrics["noise_weight_auc"] = self.noise_weight_auc  # over every phase
         self.metrics_log.write("test", step=self.step, **metrics)
         return metrics
 
@@ -303,5 +340,5 @@ class Trainer:
         self.metrics_log.close()
         self.model = None
         self.dense_optimizer = None
-        ctx, self.ctx = self.ctx, None
-        shutdown(ctx)
+        if self._owns_ctx:
+            shutdown(self.ctx)

@@ -118,13 +118,15 @@ def embed(ec: torch.nn.Module, batch: SequenceBatch) -> Embedded:
     out = ec(batch.kjt())
     L = batch.history_length
     B = len(batch)
+    # TorchRec returns fp32 lookups; follow the default dtype (float64 in gradient checks).
+    dtype = torch.get_default_dtype()
 
     def padded(name: str) -> torch.Tensor:
         jt = out[name]
-        return jt.to_padded_dense(desired_length=L, padding_value=0.0)
+        return jt.to_padded_dense(desired_length=L, padding_value=0.0).to(dtype)
 
     def single(name: str) -> torch.Tensor:
-        return out[name].values().view(B, -1)
+        return out[name].values().view(B, -1).to(dtype)
 
     return Embedded(
         user=single("user"),

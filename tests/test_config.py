@@ -1,0 +1,96 @@
+"""The config tree: defaults, YAML, overrides, errors, documentation, round trip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from atjt_dist.config import Config, ConfigError, build_config, describe, dump_yaml, iter_fields
+
+
+def test_defaults_are_the_papers():
+    cfg = build_config([])
+    assert cfg.seed == 42
+    assert cfg.data.history_length == 19
+    assert cfg.atjt.num_parts == 2 and cfg.atjt.aux_weight == 100.0 and cfg.atjt.detach is False
+    assert cfg.train.lr == pytest.approx(8.15e-4) and cfg.atjt.recognizer_lrs == [0.023, 0.025]
+    assert cfg.train.weight_decay == pytest.approx(5e-4) and cfg.train.batch_size == 256
+    assert cfg.train.epochs == 4 and cfg.eval.k == 5
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  name: din\n  embedding_dim: 16\ntrain:\n  epochs: 2\n")
+    cfg = build_config(["--config", str(f), "--train.epochs=3", "--atjt.enabled", "false", "--seed", "7"])
+    assert cfg.model.embedding_dim == 16  # from the file
+    assert cfg.train.epochs == 3  # the command line wins
+    assert cfg.atjt.enabled is False and cfg.seed == 7
+
+
+def test_flag_forms_and_lists():
+    cfg = build_config(["--atjt.detach", "--no-train.progress_bar", "--atjt.recognizer_lrs=0.1,0.2,0.3", "--run-dir", "x"])
+    assert cfg.atjt.detach is True and cfg.train.progress_bar is False
+    assert cfg.atjt.recognizer_lrs == [0.1, 0.2, 0.3]
+    assert cfg.run_dir == "x"
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--train.epoch=3"], ["unknown config key 'train.epoch'", "epochs"]),
+        (["--nosuch=1"], ["unknown config key 'nosuch'"]),
+        (["--train.epochs=three"], ["train.epochs", "expected int", "'three'"]),
+        (["--atjt.enabled=3"], ["atjt.enabled", "expected bool"]),
+        (["--data.split=random"], ["data.split", "'kfold'", "'loo'"]),
+        (["--atjt.num_parts=1"], ["atjt.num_parts", ">= 2"]),
+        (["--atjt.noise_fraction=1.5"], ["atjt.noise_fraction"]),
+        (["--dist.sharding=diagonal"], ["dist.sharding", "row_wise"]),
+        (["--train.lr=.nan"], ["train.lr", "finite"]),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(argv, words):
+    with pytest.raises(ConfigError) as err:
+        build_config(argv)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(["--config", str(f)])
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(["--config", str(tmp_path / "missing.yaml")])
+    f.write_text("train:\n  nosuch: 1\n")
+    with pytest.raises(ConfigError, match="train.nosuch"):
+        build_config(["--config", str(f)])
+
+
+def test_every_field_is_documented():
+    fields = list(iter_fields(Config))
+    assert len(fields) > 40
+    undocumented = [key for key, _, _, help_ in fields if len(help_) < 10]
+    assert undocumented == []
+    table = describe()
+    assert "`atjt.aux_weight`" in table and "lambda" in table
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = build_config(["--train.epochs=2", "--model.din.mlp_hidden=8,4", "--data.synthetic.users=99"])
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    again = build_config(["--config", str(tmp_path / "config.yaml")])
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 2
+
+
+def test_cli_reports_config_errors_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "atjt_dist.train", "--train.epochz=1"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "unknown config key 'train.epochz'" in proc.stderr
+    assert "Traceback" not in proc.stderr
