@@ -100,7 +100,7 @@ def _main(argv: list[str]) -> int:
                     trainer.finish(metrics)
                 finally:
                     trainer.close()
-                metrics["seconds"] = time.time() - started
+                metrics.update(method=method, seed=seed, seconds=time.time() - started)
                 results[method][seed] = metrics
         if ctx.is_main:
             table, data = summarise(results, base_cfg.eval.k)
