@@ -88,6 +88,7 @@ class Schedule:
         self.epochs = cfg.train.epochs
         self.batch = cfg.train.batch_size
         self.aux_batch = a.recognizer_batch_size
+        self.next_item = cfg.model.objective == "next_item"
         self.parts = partition_users(data.train_users, a.num_parts, cfg.seed)
         self.phases: list[Phase] = []
         for j, part in enumerate(self.parts):
@@ -140,9 +141,12 @@ class Schedule:
     # -- batches ---------------------------------------------------------------------------
 
     def recommender_batch(self, plan: StepPlan) -> BatchArrays:
+        """The step's recommender rows: positives then their negatives (pointwise), or one row
+        per sequence with per-position negatives (next-item)."""
         ph = self.phases[plan.phase]
         order = self._order(ph.rec_space, "rec", plan.phase, plan.epoch)
-        return self.data.recommender_batch(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch))
+        build = self.data.recommender_sequences if self.next_item else self.data.recommender_batch
+        return build(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch))
 
     def recognizer_batch(self, plan: StepPlan) -> Optional[BatchArrays]:
         """The step's N-1 corrupted recogniser batches, rows concatenated (None if none)."""
@@ -163,7 +167,7 @@ class Schedule:
             )
         if len(parts) == 1:
             return parts[0]
-        return BatchArrays(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in BatchArrays.__dataclass_fields__})
+        return BatchArrays.concat(parts)
 
     def _order(self, space: SampleSpace, kind: str, phase: int, epoch: int) -> np.ndarray:
         # One shuffle per (kind, phase, epoch); kept until the next one is needed.
@@ -187,7 +191,9 @@ class JointModel(nn.Module):
 
     ``forward(rec, aux, phase, stage)`` returns a dict with
     - ``rec_logits`` [R]: the recommender's logits on the recommender rows (positives, negatives);
-    - ``weight_logits`` [R/2]: recogniser g_phase on the clean positives (absent for the baseline);
+      in next-item training ``seq_logits`` = (positive, negative) logits [R, L] instead;
+    - ``weight_logits``: recogniser g_phase on the clean positives, one per sequence (absent
+      for the baseline);
     - ``aux_logits`` [A]: g_phase on the corrupted recogniser rows (absent without them).
     The recogniser sees its two inputs in one pass (rows concatenated).
     """
@@ -195,22 +201,30 @@ class JointModel(nn.Module):
     def __init__(self, spec: ModelSpec, cfg: Config) -> None:
         super().__init__()
         self.recommender = build_recommender(spec, cfg.model)
+        self.next_item = cfg.model.objective == "next_item"
+        if self.next_item and not hasattr(self.recommender, "sequence_logits"):
+            raise ValueError(f"model.objective=next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
         n = cfg.atjt.num_parts if cfg.atjt.enabled else 0
         self.recognizers = nn.ModuleList(
             NoiseRecognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)
         )
 
     def forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> dict:
-        out: dict[str, torch.Tensor] = {}
+        out: dict = {}
         if stage != RECOGNIZER_ONLY and rec is not None:
-            out["rec_logits"] = self.recommender(rec)
+            if self.next_item:
+                out["seq_logits"] = self.recommender.sequence_logits(rec)
+            else:
+                out["rec_logits"] = self.recommender(rec)
         if not len(self.recognizers):
             return out
         g = self.recognizers[phase]
         if stage == RECOGNIZER_ONLY:
             out["aux_logits"] = g(aux)
             return out
-        positives = rec.select(slice(0, len(rec) // 2))
+        # The weight of a sequence comes from its clean positive: the first half of pointwise
+        # rows, every row of a next-item batch.
+        positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
         if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
             with torch.no_grad():
                 out["weight_logits"] = g(positives)
@@ -256,21 +270,23 @@ def atjt_objective(out: dict, rec: Optional[SequenceBatch], aux: Optional[Sequen
     a = cfg.atjt
     world = world_size()
     stats: dict[str, torch.Tensor] = {}
-    share = torch.zeros((), device=next(iter(out.values())).device)
+    device = rec.label.device if rec is not None else aux.label.device
+    share = torch.zeros((), device=device)
     total = torch.zeros_like(share)
     rec_loss = aux_loss = None
 
-    if "rec_logits" in out:
-        logits = out["rec_logits"]
+    if "rec_logits" in out or "seq_logits" in out:
+        logits, labels, rows_of = _recommender_rows(out, rec)
         if "weight_logits" in out:
             w_pos = torch.sigmoid(out["weight_logits"].float())
             if a.detach or stage == RECOMMENDER_ONLY:
                 w_pos = w_pos.detach()
-            weights = torch.cat([w_pos, w_pos])  # the paired negative shares its positive's weight
+            # Every row of a sequence (its paired negative, or its positions) shares its weight.
+            weights = w_pos[rows_of]
             stats["weight_mean"] = global_sum(w_pos.detach().sum()) / global_sum(w_pos.new_tensor(float(w_pos.numel())))
         else:
             weights = torch.ones_like(logits, dtype=torch.float32)
-        rec_loss = atjt_kernels.weighted_bce(logits, rec.label, weights, reduce=_reduce)
+        rec_loss = atjt_kernels.weighted_bce(logits, labels, weights, reduce=_reduce)
         # The kernel returns the global L_R with this rank's rows' share of the gradient.
         share = share + rec_loss
         total = total + rec_loss.detach()
@@ -296,6 +312,25 @@ def atjt_objective(out: dict, rec: Optional[SequenceBatch], aux: Optional[Sequen
     # The rec term's share is already a global value on each rank whose gradient only reaches
     # local rows, as for the other terms.
     return Losses(backward=share * world, total=total, rec=rec_loss, aux=aux_loss, stats=stats)
+
+
+def _recommender_rows(out: dict, rec: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, sequence index of each row) of the recommender's loss rows.
+
+    Pointwise: rows are the positives then their negatives; row r belongs to sequence r mod B.
+    Next-item: every valid position contributes its positive and its negative logit.
+    """
+    if "rec_logits" in out:
+        logits = out["rec_logits"]
+        half = len(rec) // 2
+        rows_of = torch.arange(len(rec), device=logits.device) % half
+        return logits, rec.label, rows_of
+    pos, neg = out["seq_logits"]
+    mask = rec.mask
+    seq = torch.arange(len(rec), device=pos.device)[:, None].expand_as(mask)[mask]
+    logits = torch.cat([pos[mask], neg[mask]])
+    labels = torch.cat([torch.ones_like(pos[mask]), torch.zeros_like(neg[mask])])
+    return logits, labels.float(), torch.cat([seq, seq])
 
 
 def global_mean_sq(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,13 +153,71 @@ class DINConfig:
 
 
 @dataclass
+class DCNConfig:
+    """DCN, Deep & Cross Network (Wang et al. 2017)."""
+
+    cross_layers: int = knob(3, "Number of cross layers.")
+    deep_hidden: list[int] = knob([256, 128], "Hidden sizes of the deep network.")
+
+
+@dataclass
+class WideDeepConfig:
+    """Wide & Deep (Cheng et al. 2016)."""
+
+    deep_hidden: list[int] = knob([256, 128], "Hidden sizes of the deep network.")
+
+
+@dataclass
+class SASRecConfig:
+    """SASRec (Kang and McAuley 2018)."""
+
+    hidden: int = knob(64, "Hidden size of the self-attention blocks (the item embedding dimension).")
+    blocks: int = knob(2, "Self-attention blocks.")
+    heads: int = knob(1, "Attention heads.")
+    dropout: float = knob(0.2, "Dropout of the embeddings and the blocks.")
+
+
+@dataclass
+class FEARecConfig:
+    """FEARec (Du et al. SIGIR 2023)."""
+
+    hidden: int = knob(64, "Hidden size (the item embedding dimension).")
+    blocks: int = knob(2, "Hybrid attention blocks.")
+    heads: int = knob(2, "Attention heads.")
+    dropout: float = knob(0.2, "Dropout of the embeddings and the blocks.")
+
+
+@dataclass
+class S3RecConfig:
+    """S3Rec (Zhou et al. CIKM 2020)."""
+
+    hidden: int = knob(64, "Hidden size (the item embedding dimension).")
+    blocks: int = knob(2, "Self-attention blocks.")
+    heads: int = knob(2, "Attention heads.")
+    dropout: float = knob(0.2, "Dropout of the embeddings and the blocks.")
+    pretrained: Optional[str] = knob(None, "A pre-training checkpoint (atjt_dist.pretrain) to start fine-tuning from.")
+
+
+@dataclass
 class ModelConfig:
     """The base recommender."""
 
     name: str = knob("din", "Base model: one of the names in atjt_dist.models.REGISTRY.")
     embedding_dim: int = knob(8, "Embedding dimension of the user, item and category tables.")
     dropout: float = knob(0.0, "Dropout of the base model's hidden layers.")
+    objective: Literal["pointwise", "next_item"] = knob(
+        "pointwise",
+        "'pointwise': the paper's BCE on (history, target, label) rows, a positive and its "
+        "sampled negative per sample; 'next_item': the sequential models' native training, "
+        "every history position scored against the next item and a sampled negative (SASRec, "
+        "FEARec, S3Rec); ATJT then weights each sequence's loss.",
+    )
     din: DINConfig = knob(DINConfig(), "DIN's layer sizes.")
+    dcn: DCNConfig = knob(DCNConfig(), "DCN's layers.")
+    wide_deep: WideDeepConfig = knob(WideDeepConfig(), "Wide & Deep's layers.")
+    sasrec: SASRecConfig = knob(SASRecConfig(), "SASRec's layers.")
+    fearec: FEARecConfig = knob(FEARecConfig(), "FEARec's layers and contrastive regularisation.")
+    s3rec: S3RecConfig = knob(S3RecConfig(), "S3Rec's layers and pre-training.")
 
 
 @dataclass

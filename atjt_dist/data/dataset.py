@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numba
 import numpy as np
@@ -64,9 +65,19 @@ class BatchArrays:
     target_cat: np.ndarray  # int32 [R]
     label: np.ndarray  # float32 [R]
     row_ids: np.ndarray  # int64 [R]
+    neg_seq: Optional[np.ndarray] = None  # int32 [R, L]: next-item training's negatives
 
     def __len__(self) -> int:
         return len(self.user)
+
+    @staticmethod
+    def concat(parts: list["BatchArrays"]) -> "BatchArrays":
+        """Rows of several batches one after another."""
+        fields_ = {}
+        for name in BatchArrays.__dataclass_fields__:
+            values = [getattr(p, name) for p in parts]
+            fields_[name] = None if any(v is None for v in values) else np.concatenate(values)
+        return BatchArrays(**fields_)
 
 
 @dataclass
@@ -240,6 +251,27 @@ class TrainingData:
             label=np.concatenate([pos.label, np.zeros(len(samples), dtype=np.float32)]),
             row_ids=np.concatenate([row_ids, row_ids + global_batch]),
         )
+
+    def recommender_sequences(self, space: SampleSpace, order: np.ndarray, index: int, global_batch: int, counters: tuple[int, ...]) -> BatchArrays:
+        """This rank's rows of a next-item batch: one row per sample (its history and target),
+        with a sampled negative for every history position (``neg_seq``, 0 at padding).
+
+        Position t of a row is trained to score the item that follows it (the next history
+        item, the target after the last one) above ``neg_seq[r, t]``, never an item of the user.
+        """
+        sl = rank_slice(global_batch, self.rank, self.world)
+        row_ids = np.arange(sl.start, sl.stop, dtype=np.int64)
+        samples = order[index * global_batch + sl.start : index * global_batch + sl.stop]
+        b = self._windows(samples, space, row_ids, 1.0)
+        L = self.L
+        flat_rows = (row_ids[:, None] * L + np.arange(L)[None, :]).reshape(-1)
+        negatives = np.empty(len(flat_rows), dtype=np.int32)
+        prob, alias = self.negative_alias
+        sample_negatives(
+            stream_key(self.seed, "negatives", *counters), flat_rows, np.repeat(b.user, L), self.owned, self.owned_offsets, prob, alias, negatives
+        )
+        b.neg_seq = np.where(np.arange(L)[None, :] < b.lengths[:, None], negatives.reshape(-1, L), 0).astype(np.int32)
+        return b
 
     def recognizer_batch(
         self,

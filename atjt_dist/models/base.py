@@ -60,3 +60,49 @@ def xavier_init_(module: nn.Module) -> None:
         if name.endswith(".weight") and "embeddings." in name and p.dim() == 2:
             with torch.no_grad():
                 nn.init.xavier_uniform_(p)
+
+
+class SequentialRecommender(Recommender):
+    """A recommender that encodes the history causally, one hidden state per position.
+
+    Subclasses implement :meth:`encode`; the output layer is shared: the score of item v after
+    position t is the dot product of the hidden state h_t with v's output vector
+    (:meth:`item_vectors`, by default the item embedding, as in SASRec). Output vectors use the
+    item embedding only: negatives carry no category lookup, and a positive that did would let
+    a model tell them apart by the category alone.
+
+    - Pointwise (the paper's form, and evaluation): ``forward(batch)`` scores the target from
+      the hidden state at the last valid position.
+    - Next-item (the models' native training): ``sequence_logits(batch)`` scores, at every valid
+      position t, the item that follows it and the sampled negative ``batch.neg_seq[:, t]``.
+    """
+
+    def encode(self, batch, embedded) -> torch.Tensor:
+        """Hidden states [B, L, H]; position t may only depend on positions <= t."""
+        raise NotImplementedError
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Output vectors [..., H] of items from their item embeddings [..., D]."""
+        return items
+
+    def forward(self, batch) -> torch.Tensor:
+        from .batch import embed
+
+        e = embed(self.embeddings, batch)
+        h = self.encode(batch, e)
+        last = (batch.lengths - 1).clamp_min(0)
+        h_last = h[torch.arange(h.shape[0], device=h.device), last]
+        h_last = h_last * (batch.lengths > 0).to(h_last.dtype)[:, None]
+        return (h_last * self.item_vectors(e.target)).sum(-1)
+
+    def sequence_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positive logits, negative logits), each [B, L]; only positions < lengths are valid."""
+        from .batch import embed
+
+        if batch.neg_seq is None:
+            raise ValueError("next-item training needs batch.neg_seq (sampled negatives per position)")
+        e = embed(self.embeddings, batch)
+        h = self.encode(batch, e)
+        pos = (h * self.item_vectors(e.next_items())).sum(-1)
+        neg = (h * self.item_vectors(e.neg)).sum(-1)
+        return pos, neg

@@ -4,7 +4,8 @@ Every model (the six base recommenders and the noise recogniser) embeds its spar
 through one TorchRec ``EmbeddingCollection`` with three tables:
 
 - ``item``: rows 0..num_items (row 0 is padding and never looked up), shared by the features
-  ``hist_item`` (the history, jagged) and ``target_item`` (one per row);
+  ``hist_item`` (the history, jagged), ``target_item`` (one per row) and ``neg_item`` (the
+  sampled negative of every history position, only in next-item training; empty otherwise);
 - ``category``: rows 0..num_categories (0 = "no category"), features ``hist_cat``/``target_cat``;
 - ``user``: rows 0..num_users-1, feature ``user``.
 
@@ -15,13 +16,14 @@ with zeros and the mask of valid positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Optional
 
 import numpy as np
 import torch
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-FEATURES = ("user", "hist_item", "target_item", "hist_cat", "target_cat")
+FEATURES = ("user", "hist_item", "target_item", "neg_item", "hist_cat", "target_cat")
 
 
 @dataclass
@@ -38,6 +40,8 @@ class SequenceBatch:
     target: torch.Tensor  # int64 [B]
     target_cat: torch.Tensor  # int64 [B]
     label: torch.Tensor  # float32 [B]
+    #: next-item training only: a sampled negative for every history position (0 at padding)
+    neg_seq: Optional[torch.Tensor] = None  # int64 [B, L]
 
     @classmethod
     def from_arrays(cls, arrays) -> "SequenceBatch":
@@ -51,6 +55,7 @@ class SequenceBatch:
             target=t(arrays.target),
             target_cat=t(arrays.target_cat),
             label=torch.from_numpy(np.ascontiguousarray(arrays.label)).float(),
+            neg_seq=t(arrays.neg_seq) if getattr(arrays, "neg_seq", None) is not None else None,
         )
 
     def __len__(self) -> int:
@@ -65,31 +70,51 @@ class SequenceBatch:
         """bool [B, L]: True at valid history positions."""
         return torch.arange(self.history_length, device=self.hist.device)[None, :] < self.lengths[:, None]
 
+    def _map(self, fn) -> "SequenceBatch":
+        return SequenceBatch(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)})
+
     def to(self, device: torch.device, non_blocking: bool = False) -> "SequenceBatch":
-        return SequenceBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def select(self, rows: torch.Tensor | slice) -> "SequenceBatch":
         """The rows ``rows`` as a new batch."""
-        return SequenceBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return self._map(lambda t: t[rows])
+
+    def without_negatives(self) -> "SequenceBatch":
+        """The batch without next-item negatives (what a pointwise model or the recogniser reads)."""
+        return replace(self, neg_seq=None)
 
     @staticmethod
     def concat(batches: list["SequenceBatch"]) -> "SequenceBatch":
         """Rows of several batches one after another (e.g. the recogniser's two inputs)."""
-        return SequenceBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(SequenceBatch)})
+        out = {}
+        for f in fields(SequenceBatch):
+            parts = [getattr(b, f.name) for b in batches]
+            if any(p is None for p in parts):
+                if not all(p is None for p in parts):
+                    raise ValueError(f"cannot concatenate batches with and without {f.name}")
+                out[f.name] = None
+            else:
+                out[f.name] = torch.cat(parts)
+        return SequenceBatch(**out)
 
     def kjt(self) -> KeyedJaggedTensor:
         """The sparse features as one KeyedJaggedTensor (keys in FEATURES order)."""
         mask = self.mask
         ones = torch.ones_like(self.lengths)
-        values = torch.cat([self.user, self.hist[mask], self.target, self.hist_cat[mask], self.target_cat])
-        lengths = torch.cat([ones, self.lengths, ones, self.lengths, ones])
+        if self.neg_seq is not None:
+            neg_values, neg_lengths = self.neg_seq[mask], self.lengths
+        else:
+            neg_values, neg_lengths = self.hist.new_zeros(0), torch.zeros_like(self.lengths)
+        values = torch.cat([self.user, self.hist[mask], self.target, neg_values, self.hist_cat[mask], self.target_cat])
+        lengths = torch.cat([ones, self.lengths, ones, neg_lengths, self.lengths, ones])
         return KeyedJaggedTensor(keys=list(FEATURES), values=values, lengths=lengths.int())
 
 
 def embedding_tables(prefix: str, dim: int, num_users: int, num_items: int, num_categories: int) -> list[EmbeddingConfig]:
     """The three tables of one model; ``prefix`` keeps table names unique in a module tree."""
     return [
-        EmbeddingConfig(name=f"{prefix}_item", embedding_dim=dim, num_embeddings=num_items + 1, feature_names=["hist_item", "target_item"]),
+        EmbeddingConfig(name=f"{prefix}_item", embedding_dim=dim, num_embeddings=num_items + 1, feature_names=["hist_item", "target_item", "neg_item"]),
         EmbeddingConfig(name=f"{prefix}_category", embedding_dim=dim, num_embeddings=num_categories + 1, feature_names=["hist_cat", "target_cat"]),
         EmbeddingConfig(name=f"{prefix}_user", embedding_dim=dim, num_embeddings=max(num_users, 1), feature_names=["user"]),
     ]
@@ -103,7 +128,8 @@ def make_embedding_collection(tables: list[EmbeddingConfig], device: torch.devic
 @dataclass
 class Embedded:
     """A batch's embeddings: user [B, D], history [B, L, D] (0 at padding), target [B, D],
-    history categories [B, L, D], target category [B, D], and the history mask [B, L]."""
+    history categories [B, L, D], target category [B, D], the history mask [B, L], and in
+    next-item training the negatives of every position [B, L, D] (else None)."""
 
     user: torch.Tensor
     hist: torch.Tensor
@@ -111,6 +137,18 @@ class Embedded:
     hist_cat: torch.Tensor
     target_cat: torch.Tensor
     mask: torch.Tensor
+    neg: Optional[torch.Tensor] = None
+
+    def next_items(self) -> torch.Tensor:
+        """[B, L, D]: the item that follows each history position (the target after the last
+        one), so next-item training needs no extra lookup for its positives."""
+        nxt = torch.cat([self.hist[:, 1:], torch.zeros_like(self.hist[:, :1])], dim=1)
+        last = self.mask.sum(1) - 1  # index of the last valid position
+        rows = torch.arange(nxt.shape[0], device=nxt.device)
+        valid = last >= 0
+        nxt = nxt * self.mask[..., None]
+        nxt[rows[valid], last[valid]] = self.target[valid]
+        return nxt
 
 
 def embed(ec: torch.nn.Module, batch: SequenceBatch) -> Embedded:
@@ -135,4 +173,5 @@ def embed(ec: torch.nn.Module, batch: SequenceBatch) -> Embedded:
         hist_cat=padded("hist_cat"),
         target_cat=single("target_cat"),
         mask=batch.mask,
+        neg=padded("neg_item") if batch.neg_seq is not None else None,
     )
