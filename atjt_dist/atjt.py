@@ -39,7 +39,7 @@ from .collectives import global_sum, world_size
 from .config import Config
 from .data.dataset import BatchArrays, SampleSpace, TrainingData
 from .data.sampling import partition_users
-from .models import ModelSpec, NoiseRecognizer, build_recommender
+from .models import ModelSpec, NoiseRecognizer, SequentialRecommender, build_recommender
 from .models.batch import SequenceBatch
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class JointModel(nn.Module):
         super().__init__()
         self.recommender = build_recommender(spec, cfg.model)
         self.next_item = cfg.model.objective == "next_item"
-        if self.next_item and not hasattr(self.recommender, "sequence_logits"):
+        if self.next_item and not isinstance(self.recommender, SequentialRecommender):
             raise ValueError(f"model.objective=next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
         n = cfg.atjt.num_parts if cfg.atjt.enabled else 0
         self.recognizers = nn.ModuleList(

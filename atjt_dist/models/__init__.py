@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
-from torch import nn
+import importlib
 
 from ..config import ModelConfig
-from .base import ModelSpec, Recommender
-from .din import DIN
+from .base import ModelSpec, Recommender, SequentialRecommender
 from .recognizer import NoiseRecognizer
 
-#: name -> builder(spec, model config) of every base recommender
-REGISTRY: dict[str, Callable[[ModelSpec, ModelConfig], Recommender]] = {
-    "din": DIN,
+#: name -> "module:Class" of every base recommender (imported on first use)
+REGISTRY: dict[str, str] = {
+    "din": "atjt_dist.models.din:DIN",
+    "dcn": "atjt_dist.models.dcn:DCN",
+    "wide_deep": "atjt_dist.models.wide_deep:WideDeep",
+    "sasrec": "atjt_dist.models.sasrec:SASRec",
+    "fearec": "atjt_dist.models.fearec:FEARec",
+    "s3rec": "atjt_dist.models.s3rec:S3Rec",
 }
 
 
-def build_recommender(spec: ModelSpec, cfg: ModelConfig) -> Recommender:
-    """The base model named ``cfg.name``; a clear error lists the known names."""
+def model_class(name: str) -> type[Recommender]:
+    """The class registered under ``name``; a clear error lists the known names."""
     try:
-        builder = REGISTRY[cfg.name]
+        module, cls = REGISTRY[name].split(":")
     except KeyError:
-        raise ValueError(f"model.name={cfg.name!r}: expected one of {', '.join(sorted(REGISTRY))}") from None
-    return builder(spec, cfg)
+        raise ValueError(f"model.name={name!r}: expected one of {', '.join(sorted(REGISTRY))}") from None
+    return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["REGISTRY", "ModelSpec", "NoiseRecognizer", "Recommender", "build_recommender", "nn"]
+def build_recommender(spec: ModelSpec, cfg: ModelConfig) -> Recommender:
+    """The base model named ``cfg.name``, built for the dataset ``spec``."""
+    return model_class(cfg.name)(spec, cfg)
+
+
+__all__ = ["REGISTRY", "ModelSpec", "NoiseRecognizer", "Recommender", "SequentialRecommender", "build_recommender", "model_class"]
