@@ -216,6 +216,9 @@ class JointModel(nn.Module):
                 out["seq_logits"] = self.recommender.sequence_logits(rec)
             else:
                 out["rec_logits"] = self.recommender(rec)
+            extra = self.recommender.extra_loss(rec) if self.training else None
+            if extra is not None:
+                out["extra_loss"] = extra
         if not len(self.recognizers):
             return out
         g = self.recognizers[phase]
@@ -294,6 +297,14 @@ def atjt_objective(out: dict, rec: Optional[SequenceBatch], aux: Optional[Sequen
             w2_share, w2 = global_mean_sq(w_pos)
             share = share - a.no_aux_penalty * w2_share
             total = total - a.no_aux_penalty * w2
+
+    if "extra_loss" in out:  # the base model's own regulariser (e.g. FEARec's contrastive term)
+        extra_sum, extra_rows = out["extra_loss"]
+        count = global_sum(torch.as_tensor(extra_rows, dtype=torch.float64, device=device)).float()
+        extra_share = extra_sum / count
+        share = share + extra_share
+        total = total + global_sum(extra_share.detach())
+        stats["extra_loss"] = global_sum(extra_share.detach())
 
     if "aux_logits" in out and a.variant != "no_aux":
         aux_share, aux_loss = global_mean_bce(out["aux_logits"], aux.label)

@@ -44,8 +44,10 @@ class Recommender(nn.Module):
             embedding_tables(self.table_prefix, dim, spec.num_users, spec.num_items, spec.num_categories)
         )
 
-    def extra_loss(self, batch) -> torch.Tensor | None:  # noqa: ARG002 - the interface
-        """A model-specific auxiliary loss for this batch (default: none)."""
+    def extra_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor] | None:  # noqa: ARG002 - the interface
+        """A model-specific auxiliary loss for this batch, already multiplied by its coefficient,
+        as (sum over this rank's rows, number of rows); the objective divides by the global row
+        count so it is a mean over the global batch. Default: none."""
         return None
 
 
