@@ -1,0 +1,497 @@
+"""The synthetic generator: determinism, schema, planted-noise ground truth, signal, CLI, cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import subprocess
+import sys
+import textwrap
+import time
+
+import numba
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from atjt_dist.config import ConfigError, SyntheticConfig, build_config
+from atjt_dist.data import synthetic
+from atjt_dist.data.layout import open_arrays
+from atjt_dist.data.synthetic import (
+    dataset_name,
+    ensure_dataset,
+    generate,
+    generator_params,
+    main,
+    plant_noise,
+)
+
+SMALL = dict(users=1500, items=300, clusters=10, mean_length=20.0, min_length=5)
+
+
+def small(**overrides) -> SyntheticConfig:
+    return SyntheticConfig(**{**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(small())
+
+
+def lengths_of(d) -> np.ndarray:
+    return np.diff(d.seq_offsets)
+
+
+def user_items(d, u, clean=True) -> np.ndarray:
+    items = d.clean_items if clean else d.seq_items
+    return items[d.seq_offsets[u] : d.seq_offsets[u + 1]]
+
+
+def assert_same(a, b) -> None:
+    for f in ("clean_items", "seq_items", "seq_offsets", "seq_times", "item_category"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    for k in a.noise:
+        np.testing.assert_array_equal(a.noise[k], b.noise[k], err_msg=k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_arrays(data):
+    assert_same(data, generate(small()))
+
+
+def test_different_seed_differs(data):
+    other = generate(small(seed=1))
+    n = min(len(other.clean_items), len(data.clean_items))
+    assert np.mean(other.clean_items[:n] != data.clean_items[:n]) > 0.5
+    assert not np.array_equal(np.unique(other.noise["user"]), np.unique(data.noise["user"]))
+
+
+def test_result_does_not_depend_on_thread_count(monkeypatch):
+    cfg = small(users=3000, noisy_user_share=0.5, noise_kind="foreign")
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
+    one = generate(cfg)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 7)  # 7 uneven chunks on 2 cores
+    assert_same(one, generate(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and ground truth
+# ---------------------------------------------------------------------------------------------
+
+
+def test_written_dataset_has_the_common_schema(tmp_path, data):
+    cfg = small()
+    out = synthetic.write(cfg, tmp_path / "ds")
+    ds = open_arrays(out)
+    assert ds.meta["format"] == "synthetic"
+    assert ds.meta["generator"] == generator_params(cfg)
+    assert ds.meta["noise"]["planted_items"] == len(data.noise["user"])
+    assert (ds.num_users, ds.num_items, ds.num_categories) == (cfg.users, cfg.items, cfg.clusters)
+    np.testing.assert_array_equal(ds.seq_items, data.seq_items)
+    np.testing.assert_array_equal(ds.seq_offsets, data.seq_offsets)
+    np.testing.assert_array_equal(ds.item_category, data.item_category)
+    assert ds.item_category[0] == 0 and set(np.unique(ds.item_category[1:])) == set(range(1, cfg.clusters + 1))
+    np.testing.assert_array_equal(ds.candidates[:, 0], data.clean_items[data.seq_offsets[1:] - 1])
+    np.testing.assert_array_equal(np.flatnonzero(ds.noise_users), np.unique(data.noise["user"]))
+    noise = pq.read_table(out / "noise.parquet")
+    assert noise.column_names == ["user", "position", "original_item", "planted_item"]
+    assert all(str(t) == "int32" for t in noise.schema.types)
+    times = pq.read_table(out / "interactions.parquet").column("time").to_numpy()
+    same_user = np.ones(len(times) - 1, dtype=bool)
+    same_user[data.seq_offsets[1:-1] - 1] = False
+    assert np.all(np.diff(times)[same_user] > 0)  # time order = sequence order
+
+
+def test_ground_truth_is_exactly_the_difference(data):
+    changed = np.flatnonzero(data.clean_items != data.seq_items)
+    truth = data.noise
+    flat = data.seq_offsets[truth["user"]] + truth["position"]
+    np.testing.assert_array_equal(flat, changed)  # same set, sorted by (user, position)
+    np.testing.assert_array_equal(truth["original_item"], data.clean_items[flat])
+    np.testing.assert_array_equal(truth["planted_item"], data.seq_items[flat])
+
+
+@pytest.mark.parametrize("user_share,item_share", [(0.3, 0.3), (0.1, 0.6), (1.0, 0.05), (0.5, 1.0)])
+def test_shares_are_as_configured(user_share, item_share):
+    d = generate(small(noisy_user_share=user_share, noisy_item_share=item_share))
+    users, counts = np.unique(d.noise["user"], return_counts=True)
+    assert len(users) == int(np.floor(user_share * 1500 + 0.5))
+    history = lengths_of(d)[users] - 1
+    expected = np.maximum(1, np.floor(item_share * history + 0.5))
+    np.testing.assert_array_equal(counts, np.minimum(expected, history))
+    assert abs(counts.sum() / history.sum() - item_share) < 0.02 + 0.5 / history.mean()
+
+
+@pytest.mark.parametrize("overrides", [dict(noisy_user_share=0.0), dict(noisy_item_share=0.0)])
+def test_zero_share_plants_nothing(overrides):
+    d = generate(small(**overrides))
+    assert len(d.noise["user"]) == 0
+    np.testing.assert_array_equal(d.seq_items, d.clean_items)
+
+
+@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+def test_last_item_is_never_replaced(kind):
+    # Even when every history item is replaced, the test positive stays the true last item.
+    d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind))
+    last = d.seq_offsets[1:] - 1
+    np.testing.assert_array_equal(d.seq_items[last], d.clean_items[last])
+    assert np.all(d.noise["position"] < lengths_of(d)[d.noise["user"]] - 1)
+    assert len(d.noise["user"]) == (lengths_of(d) - 1).sum()  # ...and all others were
+
+
+@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+def test_planted_items_are_new_to_the_user(kind):
+    d = generate(small(noise_kind=kind, noisy_item_share=0.5))
+    assert np.all(d.noise["planted_item"] != d.noise["original_item"])
+    for u in np.unique(d.noise["user"])[:200]:
+        clean, noisy = user_items(d, u), user_items(d, u, clean=False)
+        assert len(np.unique(clean)) == len(clean)  # users never repeat an item
+        assert len(np.unique(noisy)) == len(noisy)  # nor does planting create a repeat
+        planted = d.noise["planted_item"][d.noise["user"] == u]
+        assert not np.isin(planted, clean).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The signal: histories predict the next item; planted items do not fit
+# ---------------------------------------------------------------------------------------------
+
+
+def transitions(d, users_mask, items):
+    """(previous item, item, flat index) for every non-first position of the masked users."""
+    user_of = np.repeat(np.arange(len(users_mask)), lengths_of(d))
+    first = np.zeros(len(items), dtype=bool)
+    first[d.seq_offsets[:-1]] = True
+    idx = np.flatnonzero(~first & users_mask[user_of])
+    return items[idx - 1], items[idx], idx
+
+
+def bigram_top(d, users_mask, k=10):
+    """Top-k next items after each item, counted on the masked users' clean sequences."""
+    prev, nxt, _ = transitions(d, users_mask, d.clean_items)
+    counts = np.zeros((d.item_category.shape[0],) * 2)
+    np.add.at(counts, (prev, nxt), 1.0)
+    popularity = np.bincount(nxt, minlength=counts.shape[0]) * 1e-6  # breaks ties
+    return np.argsort(-(counts + popularity), axis=1)[:, :k], np.argsort(-popularity)[:k]
+
+
+def test_histories_predict_the_next_item_and_noise_does_not_fit():
+    d = generate(small(users=4000, items=500))
+    noisy = np.zeros(4000, dtype=bool)
+    noisy[d.noise["user"]] = True
+    train = np.arange(4000) < 2000
+    top, popular = bigram_top(d, train & ~noisy)
+    prev, nxt, _ = transitions(d, ~train & ~noisy, d.clean_items)
+    bigram_hr = np.mean((top[prev] == nxt[:, None]).any(axis=1))
+    popular_hr = np.mean(np.isin(nxt, popular))
+    assert bigram_hr > 0.3 and bigram_hr > 4 * popular_hr, (bigram_hr, popular_hr)
+
+    flat = d.seq_offsets[d.noise["user"]] + d.noise["position"]
+    flat = flat[(d.noise["position"] > 0) & ~train[d.noise["user"]]]
+    planted_hr = np.mean((top[d.seq_items[flat - 1]] == d.seq_items[flat][:, None]).any(axis=1))
+    assert planted_hr < bigram_hr / 10, (planted_hr, bigram_hr)
+    cat = d.item_category
+    assert np.mean(cat[prev] == cat[nxt]) > 0.8  # clean: the cluster walk is sticky
+    assert np.mean(cat[d.seq_items[flat - 1]] == cat[d.seq_items[flat]]) < 0.25  # noise: off-cluster
+
+
+def own_cluster_share(d, users, items):
+    """Per planted item: does its cluster occur among the user's clean, unreplaced items?"""
+    cat = d.item_category
+    hits = []
+    for u, item in zip(users, items):
+        keep = ~np.isin(np.arange(lengths_of(d)[u]), d.noise["position"][d.noise["user"] == u])
+        hits.append(cat[item] in set(cat[user_items(d, u)[keep]]))
+    return np.mean(hits)
+
+
+@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+def test_planted_items_are_off_the_users_taste(kind):
+    d = generate(small(noisy_item_share=0.5, noise_kind=kind))
+    users, sample = d.noise["user"][:600], slice(0, 600)
+    # The replaced originals fit the rest of the user's history; the planted items do not.
+    assert own_cluster_share(d, users, d.noise["original_item"][sample]) > 0.85
+    assert own_cluster_share(d, users, d.noise["planted_item"][sample]) < 0.35
+
+
+def test_random_noise_is_uniform():
+    d = generate(small(noisy_item_share=0.5))
+    per_item = np.bincount(d.noise["planted_item"], minlength=301)[1:]
+    popularity = np.bincount(d.clean_items, minlength=301)[1:]
+    assert abs(np.corrcoef(per_item, popularity)[0, 1]) < 0.2  # not drawn by popularity
+    assert per_item.min() > 0 and per_item.max() < 4 * per_item.mean()
+
+
+def test_popular_noise_follows_popularity():
+    rand = generate(small(noise_kind="random"))
+    pop = generate(small(noise_kind="popular"))
+    popularity = np.bincount(pop.clean_items, minlength=301)
+    top_decile = np.argsort(-popularity[1:])[:30] + 1
+    # Users own the most popular items more often, and planted items are never owned: the
+    # skew is damped, but still clearly there.
+    share = {k: np.isin(d.noise["planted_item"], top_decile).mean() for k, d in (("pop", pop), ("rand", rand))}
+    assert share["pop"] > 1.5 * share["rand"], share
+    per_item = np.bincount(pop.noise["planted_item"], minlength=301)[1:]
+    assert np.corrcoef(per_item, popularity[1:])[0, 1] > 0.5
+
+
+def donor_runs(d, u, planted, owners):
+    """Split a planted block into maximal runs taken, in order, from one other user each."""
+    runs, start = 0, 0
+    while start < len(planted):
+        end = start + 1
+        donors = owners[int(planted[start])] - {u}
+        while end < len(planted) and donors & owners[int(planted[end])]:
+            donors = donors & owners[int(planted[end])]
+            end += 1
+        assert donors, f"user {u}: planted item {planted[start]} belongs to no other user"
+        seq = list(user_items(d, min(donors)))
+        order = [seq.index(int(i)) for i in planted[start:end]]
+        assert np.all(np.diff(order) % len(seq) >= 1)  # in the donor's (cyclic) order
+        runs, start = runs + 1, end
+    return runs
+
+
+def test_foreign_noise_is_a_burst_from_another_user():
+    d = generate(small(noise_kind="foreign", noisy_item_share=0.3))
+    owners = {}  # item -> users whose clean sequence holds it
+    for u in range(1500):
+        for item in user_items(d, u):
+            owners.setdefault(int(item), set()).add(u)
+    runs = []
+    for u in np.unique(d.noise["user"])[:200]:
+        rows = d.noise["user"] == u
+        np.testing.assert_array_equal(np.diff(d.noise["position"][rows]), 1)  # one contiguous block
+        runs.append(donor_runs(d, u, d.noise["planted_item"][rows], owners))
+    # Mostly one other person; a second only when the first one's sequence runs out.
+    assert np.mean(np.array(runs) == 1) > 0.8, np.bincount(runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# plant_noise on any CSR dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_csr():
+    lengths = np.array([1, 6, 9, 4, 12, 7, 8, 10])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rng = np.random.default_rng(0)
+    items = np.concatenate([rng.choice(np.arange(1, 101), n, replace=False) for n in lengths]).astype(np.int32)
+    return items, offsets, np.bincount(items, minlength=101)
+
+
+@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+def test_plant_noise_on_a_csr_dataset_respects_eligibility(kind):
+    items, offsets, popularity = tiny_csr()
+    before = items.copy()
+    eligible = np.array([0, 2, 3, 5, 6])  # user 0 has no history: never eligible
+    new, truth = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
+                             seed=3, eligible_users=eligible)
+    np.testing.assert_array_equal(items, before)  # input untouched
+    np.testing.assert_array_equal(np.unique(truth["user"]), [2, 3, 5, 6])
+    flat = offsets[truth["user"]] + truth["position"]
+    np.testing.assert_array_equal(np.flatnonzero(new != items), flat)
+    mask = np.zeros(8, dtype=bool)
+    mask[eligible] = True
+    new_mask, truth_mask = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5,
+                                       kind=kind, seed=3, eligible_users=mask)
+    np.testing.assert_array_equal(new_mask, new)
+    other, _ = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
+                           seed=4, eligible_users=eligible)
+    assert not np.array_equal(other, new)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(kind="gaussian"), "noise kind"),
+        (dict(user_share=1.5), "user_share"),
+        (dict(item_share=-0.1), "item_share"),
+        (dict(popularity=np.ones(5)), "popularity"),
+        (dict(eligible_users=np.array([0, 99])), "eligible_users"),
+    ],
+)
+def test_plant_noise_rejects_bad_arguments(kwargs, match):
+    items, offsets, popularity = tiny_csr()
+    args = dict(popularity=popularity, user_share=0.5, item_share=0.5, kind="random", seed=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        plant_noise(items, offsets, 100, args.pop("popularity"), **args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_valid_and_bad_values_name_the_key():
+    SyntheticConfig().check()
+    with pytest.raises(ConfigError, match="data.synthetic.noisy_user_share"):
+        build_config(["--data.synthetic.noisy_user_share=1.5"])
+    with pytest.raises(ConfigError, match="data.synthetic.items"):
+        build_config(["--data.synthetic.items=50"])
+    with pytest.raises(ConfigError, match="taste_clusters"):
+        SyntheticConfig(clusters=2, taste_clusters=3).check()
+    with pytest.raises(ConfigError, match="mean_length"):
+        SyntheticConfig(mean_length=float("nan")).check()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_a_dataset(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-kind", "foreign",
+                 "--noisy-user-share", "0.5"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    ds = open_arrays(out)
+    assert ds.meta["generator"]["noise_kind"] == "foreign"
+    assert ds.num_users == 300 and ds.noise_users.sum() == 150
+
+
+def test_cli_every_config_field_is_an_option():
+    parser = synthetic._parser()
+    options = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(SyntheticConfig)} <= options
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--users", "-5"],
+        ["--users", "abc"],
+        ["--noise-kind", "gaussian"],
+        ["--bogus"],
+        ["--mean-length", "nan"],
+        ["--items", "50"],
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv):
+    out = tmp_path / "ds"
+    try:
+        code = main(["--output", str(out), *argv])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_cli_without_output_fills_the_cache(tmp_path, capsys):
+    assert main(["--cache-dir", str(tmp_path), "--users", "200", "--items", "150"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == str(tmp_path / dataset_name(SyntheticConfig(users=200, items=150)))
+    assert open_arrays(path).num_users == 200
+
+
+def test_cli_debug_shows_the_exception(tmp_path):
+    with pytest.raises(ConfigError, match="--items"):
+        main(["--output", str(tmp_path / "ds"), "--items", "50", "--debug"])
+
+
+def test_cli_overwrite_without_output_is_an_error(tmp_path, capsys):
+    assert main(["--overwrite", "--cache-dir", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_a_non_empty_output_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["--output", str(out), "--users", "300", "--items", "200"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"] and (out / "keep.txt").read_text() == "mine"
+    assert main(["--output", str(out), "--users", "300", "--items", "200", "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "meta.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary directory left
+
+
+def test_cli_runs_as_a_module(tmp_path):
+    out = tmp_path / "ds"
+    ok = subprocess.run([sys.executable, "-m", "atjt_dist.data.synthetic", "--output", str(out), "--users", "200",
+                         "--items", "150"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == str(out) and open_arrays(out).num_users == 200
+    bad = subprocess.run([sys.executable, "-m", "atjt_dist.data.synthetic", "--output", str(out), "--users", "200"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ensure_dataset_generates_once_then_reuses(tmp_path, monkeypatch):
+    cfg = small(cache_dir=str(tmp_path))
+    path = ensure_dataset(cfg)
+    assert path.parent == tmp_path and path.name == dataset_name(cfg)
+    assert open_arrays(path).meta["generator"] == generator_params(cfg)
+
+    def no_regeneration(*args, **kwargs):
+        raise AssertionError("the cached dataset was generated again")
+
+    monkeypatch.setattr(synthetic, "write", no_regeneration)
+    assert ensure_dataset(cfg) == path
+    other = small(cache_dir=str(tmp_path), noise_kind="popular")
+    assert dataset_name(other) != dataset_name(cfg)
+    assert dataset_name(small(cache_dir="/elsewhere")) == dataset_name(cfg)  # where is not what
+
+
+def test_ensure_dataset_uses_atjt_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATJT_CACHE", str(tmp_path / "env-cache"))
+    path = ensure_dataset(small(users=200, items=150))
+    assert path.parent == tmp_path / "env-cache" and (path / "meta.json").is_file()
+
+
+@pytest.mark.multiprocess
+def test_ensure_dataset_from_two_processes_at_once(tmp_path):
+    cfg = small(cache_dir=str(tmp_path))
+    script = textwrap.dedent(f"""
+        import logging
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        from atjt_dist.config import SyntheticConfig
+        from atjt_dist.data.synthetic import ensure_dataset
+        cfg = SyntheticConfig(**{dataclasses.asdict(cfg)!r})
+        print("ready", flush=True)
+        print(ensure_dataset(cfg))
+    """)
+    with open(tmp_path / f"{dataset_name(cfg)}.lock", "a") as lock:
+        # Hold the lock until both have started, so that both find no dataset and queue on it.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        time.sleep(0.3)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1] for r in results]
+    paths = {r[0].strip() for r in results}
+    assert paths == {str(tmp_path / dataset_name(cfg))}
+    assert sum(r[1].count("generating the synthetic dataset") for r in results) == 1
+    assert open_arrays(paths.pop()).num_users == cfg.users
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dataset_name(cfg), f"{dataset_name(cfg)}.lock"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ml20m_sized_generation():
+    """138k users, 26.7k items, ~20M interactions in memory (about 10-20 s, 0.6 GB on 2 cores)."""
+    cfg = SyntheticConfig(users=138_493, items=26_744, mean_length=20_000_263 / 138_493, min_length=20)
+    d = generate(cfg)
+    assert abs(len(d.seq_items) - 20_000_263) < 0.01 * 20_000_263
+    assert lengths_of(d).min() >= 20 and lengths_of(d).max() <= 26_744 // 2
+    assert len(np.unique(d.noise["user"])) == int(np.floor(0.3 * 138_493 + 0.5))
+    assert d.seq_items.min() >= 1 and d.seq_items.max() <= 26_744
