@@ -12,6 +12,7 @@ output (``config.yaml`` in the run directory) so a run can be repeated with ``--
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -29,10 +30,9 @@ class ConfigError(ValueError):
 
 def knob(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
     """A config field with a default and its documentation."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help})
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        # A deep copy per instance: nested sections and lists are never shared between configs.
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -713,6 +713,8 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
     cfg.data.synthetic.check()
+    for section in (cfg.model.dcn, cfg.model.wide_deep, cfg.model.sasrec, cfg.model.fearec, cfg.model.s3rec):
+        section.check()
     sharding = {"auto", "data_parallel", "table_wise", "row_wise", "column_wise", "table_row_wise"}
     if cfg.dist.sharding not in sharding:
         raise ConfigError(

@@ -184,6 +184,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = JointModel(self.spec, cfg)
         full_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.recommender.apply_pretrained(full_state, cfg, self.data)  # e.g. S3Rec's pre-training
         self.dense_optimizer_factory = build_optimizers(model, cfg)  # fused sparse optimisers are attached here
         # Recognisers of other phases are idle in a step, so DDP must allow unused parameters.
         self.model, self.plan = shard_model(

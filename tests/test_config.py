@@ -94,3 +94,11 @@ def test_cli_reports_config_errors_in_one_line():
     assert proc.returncode == 2
     assert "unknown config key 'train.epochz'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_configs_never_share_nested_sections():
+    a = build_config(["--model.din.mlp_hidden=8,4", "--atjt.recognizer.dropout=0.1", "--data.synthetic.users=7"])
+    b = Config()
+    assert b.model.din.mlp_hidden == [256, 64]
+    assert b.atjt.recognizer.dropout == 0.5 and b.data.synthetic.users != 7
+    assert a.model.din is not b.model.din

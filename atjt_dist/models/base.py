@@ -44,6 +44,11 @@ class Recommender(nn.Module):
             embedding_tables(self.table_prefix, dim, spec.num_users, spec.num_items, spec.num_categories)
         )
 
+    def apply_pretrained(self, full_state: dict, cfg, data) -> None:  # noqa: ARG002 - the interface
+        """Overwrite entries of ``full_state`` (the unsharded model's state, keys prefixed
+        ``recommender.``) with pre-trained tensors, before the model is sharded. Default: no
+        pre-training (S3Rec loads its pre-training checkpoint here)."""
+
     def extra_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor] | None:  # noqa: ARG002 - the interface
         """A model-specific auxiliary loss for this batch, already multiplied by its coefficient,
         as (sum over this rank's rows, number of rows); the objective divides by the global row
