@@ -1,4 +1,4 @@
-"""ATJT: the partition/phase schedule, the joint module and the joint objective.
+"""ATJT: the partition/phase schedule and the joint module (the losses: objective.py).
 
 Schedule (METHOD.md section 3). The training users are split into N parts. In phase j the
 recommender trains on part j (B^R) for E epochs while recogniser g_j, initialised afresh, trains
@@ -7,40 +7,28 @@ i(N-1) .. (i+1)(N-1)-1 of B^D (B^D is reshuffled each time it is exhausted). The
 recommender sequence therefore always come from a recogniser that never trained on its user.
 The baseline runs the very same phases, batches and order with w = 1.
 
-Objective (METHOD.md section 5), one backward per step:
-
-    w_i = sigmoid(g_j(S_i, t_i))  on the clean recommender positive of row i (shared by its
-                                   paired negative); not detached unless atjt.detach
-    L_R = sum_i w_i BCE_i / sum_i w_i                      (kernels.weighted_bce)
-    L_D = mean BCE(g_j(corrupted B^D rows), clean label)
-    L   = L_R + lambda * L_D
-
-Ablations: 'no_aux' drops L_D and adds -c * mean(w^2) so the weights do not collapse; 'two_stage'
-trains g_j first on B^D alone, then freezes it and reweights the recommender with detached
-weights.
-
-Every sum and mean is over the *global* batch (see collectives.py), so W processes compute the
-same losses and gradients as one process.
+The joint module holds the recommender and the N recognisers in one module tree, so one
+DistributedModelParallel shards all their tables and one backward serves L_R + lambda * L_D.
+The 'two_stage' ablation trains g_j first on B^D alone (stage 'recognizer'), then freezes it and
+reweights the recommender (stage 'recommender'); T-CE, R-CE and the baseline run the same
+schedule without recognisers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import atjt_kernels
-
-from .collectives import global_sum, world_size
 from .config import Config
 from .data.dataset import BatchArrays, SampleSpace, TrainingData
 from .data.sampling import partition_users
 from .models import ModelSpec, NoiseRecognizer, SequentialRecommender, build_recommender
 from .models.batch import SequenceBatch
+from .objective import objective_name
 
 # ---------------------------------------------------------------------------------------------
 # Schedule
@@ -82,8 +70,8 @@ class Schedule:
         self.data = data
         self.cfg = cfg
         a = cfg.atjt
-        self.uses_recognizer = a.enabled
-        self.variant = a.variant if a.enabled else None
+        self.uses_recognizer = objective_name(cfg) == "atjt"
+        self.variant = a.variant if self.uses_recognizer else None
         self.num_parts = a.num_parts
         self.epochs = cfg.train.epochs
         self.batch = cfg.train.batch_size
@@ -204,7 +192,7 @@ class JointModel(nn.Module):
         self.next_item = cfg.model.objective == "next_item"
         if self.next_item and not isinstance(self.recommender, SequentialRecommender):
             raise ValueError(f"model.objective=next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
-        n = cfg.atjt.num_parts if cfg.atjt.enabled else 0
+        n = cfg.atjt.num_parts if objective_name(cfg) == "atjt" else 0
         self.recognizers = nn.ModuleList(
             NoiseRecognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)
         )
@@ -238,114 +226,3 @@ class JointModel(nn.Module):
         both = g(SequenceBatch.concat([positives, aux]))
         out["weight_logits"], out["aux_logits"] = both[: len(positives)], both[len(positives) :]
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Objective
-# ---------------------------------------------------------------------------------------------
-
-
-def _reduce(t: torch.Tensor) -> torch.Tensor:
-    return global_sum(t)
-
-
-@dataclass
-class Losses:
-    """The step's losses (global values) and the tensor to back-propagate."""
-
-    backward: torch.Tensor  # world_size x this rank's share: DDP's averaging then gives the global gradient
-    total: torch.Tensor
-    rec: Optional[torch.Tensor] = None
-    aux: Optional[torch.Tensor] = None
-    stats: dict = field(default_factory=dict)
-
-
-def global_mean_bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(this rank's share of the global mean BCE, the global mean BCE)."""
-    local = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
-    count = global_sum(logits.new_tensor(float(logits.numel()), dtype=torch.float64))
-    share = local / count.float()
-    return share, global_sum(share.detach())
-
-
-def atjt_objective(out: dict, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], cfg: Config, stage: str) -> Losses:
-    """The joint loss of one step (see the module docstring); baseline when out has no weights."""
-    a = cfg.atjt
-    world = world_size()
-    stats: dict[str, torch.Tensor] = {}
-    device = rec.label.device if rec is not None else aux.label.device
-    share = torch.zeros((), device=device)
-    total = torch.zeros_like(share)
-    rec_loss = aux_loss = None
-
-    if "rec_logits" in out or "seq_logits" in out:
-        logits, labels, rows_of = _recommender_rows(out, rec)
-        if "weight_logits" in out:
-            w_pos = torch.sigmoid(out["weight_logits"].float())
-            if a.detach or stage == RECOMMENDER_ONLY:
-                w_pos = w_pos.detach()
-            # Every row of a sequence (its paired negative, or its positions) shares its weight.
-            weights = w_pos[rows_of]
-            stats["weight_mean"] = global_sum(w_pos.detach().sum()) / global_sum(w_pos.new_tensor(float(w_pos.numel())))
-        else:
-            weights = torch.ones_like(logits, dtype=torch.float32)
-        rec_loss = atjt_kernels.weighted_bce(logits, labels, weights, reduce=_reduce)
-        # The kernel returns the global L_R with this rank's rows' share of the gradient.
-        share = share + rec_loss
-        total = total + rec_loss.detach()
-        if a.enabled and a.variant == "no_aux" and "weight_logits" in out:
-            w2_share, w2 = global_mean_sq(w_pos)
-            share = share - a.no_aux_penalty * w2_share
-            total = total - a.no_aux_penalty * w2
-
-    if "extra_loss" in out:  # the base model's own regulariser (e.g. FEARec's contrastive term)
-        extra_sum, extra_rows = out["extra_loss"]
-        count = global_sum(torch.as_tensor(extra_rows, dtype=torch.float64, device=device)).float()
-        extra_share = extra_sum / count
-        share = share + extra_share
-        total = total + global_sum(extra_share.detach())
-        stats["extra_loss"] = global_sum(extra_share.detach())
-
-    if "aux_logits" in out and a.variant != "no_aux":
-        aux_share, aux_loss = global_mean_bce(out["aux_logits"], aux.label)
-        share = share + a.aux_weight * aux_share
-        total = total + a.aux_weight * aux_loss
-        with torch.no_grad():
-            p = torch.sigmoid(out["aux_logits"].float())
-            clean = aux.label > 0.5
-            stats["w_clean_sum"] = global_sum(p[clean].sum())
-            stats["w_clean_n"] = global_sum(clean.sum().double())
-            stats["w_noisy_sum"] = global_sum(p[~clean].sum())
-            stats["w_noisy_n"] = global_sum((~clean).sum().double())
-
-    # Losses built from global normalisers give each rank its share of the global gradient;
-    # DDP and TorchRec average gradients over ranks, so scale by the world size to undo that.
-    # The rec term's share is already a global value on each rank whose gradient only reaches
-    # local rows, as for the other terms.
-    return Losses(backward=share * world, total=total, rec=rec_loss, aux=aux_loss, stats=stats)
-
-
-def _recommender_rows(out: dict, rec: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, labels, sequence index of each row) of the recommender's loss rows.
-
-    Pointwise: rows are the positives then their negatives; row r belongs to sequence r mod B.
-    Next-item: every valid position contributes its positive and its negative logit.
-    """
-    if "rec_logits" in out:
-        logits = out["rec_logits"]
-        half = len(rec) // 2
-        rows_of = torch.arange(len(rec), device=logits.device) % half
-        return logits, rec.label, rows_of
-    pos, neg = out["seq_logits"]
-    mask = rec.mask
-    seq = torch.arange(len(rec), device=pos.device)[:, None].expand_as(mask)[mask]
-    logits = torch.cat([pos[mask], neg[mask]])
-    labels = torch.cat([torch.ones_like(pos[mask]), torch.zeros_like(neg[mask])])
-    return logits, labels.float(), torch.cat([seq, seq])
-
-
-def global_mean_sq(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(this rank's share of the global mean of w^2, the global mean of w^2)."""
-    count = global_sum(w.new_tensor(float(w.numel()), dtype=torch.float64)).float()
-    share = (w * w).sum() / count
-    return share, global_sum(share.detach())

@@ -1,6 +1,6 @@
 """Compare training methods on the same data and seeds:
 
-    python -m atjt_dist.compare [--methods base,atjt] [--seeds 42,43,44] [--config FILE] [--k=v ...]
+    python -m atjt_dist.compare [--methods base,tce,rce,atjt] [--seeds 42,43,44] [--config FILE] [--k=v ...]
 
 Every (method, seed) run uses the same config, data and seed-derived batches; only the method
 differs (the baseline sees exactly the data ATJT's recommender sees, in the same order). Writes
@@ -25,11 +25,16 @@ from .distributed import init_distributed, shutdown
 from .runlog import choose_run_dir, write_json
 from .trainer import Trainer
 
+def _objective(name: str):
+    def apply(cfg: Config) -> None:
+        cfg.objective.name = name
+        cfg.atjt.enabled = name == "atjt"
+
+    return apply
+
+
 #: method name -> how it changes the config
-METHODS = {
-    "base": lambda cfg: setattr(cfg.atjt, "enabled", False),
-    "atjt": lambda cfg: setattr(cfg.atjt, "enabled", True),
-}
+METHODS = {"base": _objective("bce"), "tce": _objective("tce"), "rce": _objective("rce"), "atjt": _objective("atjt")}
 REPORTED = ("auc", "hr@{k}", "ndcg@{k}")
 
 
@@ -76,7 +81,7 @@ def summarise(results: dict[str, dict[int, dict]], k: int) -> tuple[str, dict]:
 
 def _main(argv: list[str]) -> int:
     argv = list(argv)
-    methods = _pop_list(argv, "--methods", list(METHODS))
+    methods = _pop_list(argv, "--methods", ["base", "atjt"])
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")

@@ -452,6 +452,25 @@ class ATJTConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """Which loss trains the recommender (see atjt_dist/objective.py)."""
+
+    name: Literal["auto", "bce", "atjt", "tce", "rce"] = knob(
+        "auto",
+        "'bce' (the base model), 'atjt', 'tce' (truncated loss) or 'rce' (reweighted loss); "
+        "'auto' = atjt if atjt.enabled else bce.",
+    )
+    tce_max_drop: float = knob(0.2, "T-CE: the largest share of a batch's rows dropped (eps_max; Wang et al.: 0.2).")
+    tce_ramp_steps: int = knob(
+        30000,
+        "T-CE: steps over which the drop rate rises from 0 to tce_max_drop (Wang et al.: 30000 "
+        "iterations; set it to a fraction of a shorter run's steps).",
+    )
+    tce_exponent: float = knob(1.0, "T-CE: shape of the ramp, eps(t) = eps_max * min(t/T, 1)^exponent (1 = linear).")
+    rce_beta: float = knob(0.25, "R-CE: positives weighted sigmoid(x)^beta, negatives (1-sigmoid(x))^beta (Wang et al.: 0.05..1, 0.25).")
+
+
+@dataclass
 class TrainConfig:
     """The recommender's optimisation and the loop."""
 
@@ -495,6 +514,7 @@ class Config:
     data: DataConfig = knob(DataConfig(), "Dataset and sample construction.")
     model: ModelConfig = knob(ModelConfig(), "Base recommender.")
     atjt: ATJTConfig = knob(ATJTConfig(), "ATJT.")
+    objective: ObjectiveConfig = knob(ObjectiveConfig(), "The training objective (bce, atjt, tce, rce).")
     train: TrainConfig = knob(TrainConfig(), "Optimisation and loop.")
     eval: EvalConfig = knob(EvalConfig(), "Evaluation.")
     dist: DistConfig = knob(DistConfig(), "Distribution.")
@@ -701,7 +721,13 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
-    if cfg.atjt.enabled and cfg.atjt.num_parts < 2:
+    if cfg.objective.name == "atjt" and not cfg.atjt.enabled:
+        raise ConfigError("objective.name=atjt contradicts atjt.enabled=false; set one of them")
+    if not 0.0 <= cfg.objective.tce_max_drop < 1.0:
+        raise ConfigError(f"config key 'objective.tce_max_drop' must be in [0, 1), got {cfg.objective.tce_max_drop}")
+    if cfg.objective.tce_ramp_steps < 0 or cfg.objective.rce_beta < 0 or cfg.objective.tce_exponent <= 0:
+        raise ConfigError("config keys 'objective.tce_ramp_steps' and 'objective.rce_beta' must be >= 0, 'objective.tce_exponent' > 0")
+    if cfg.atjt.enabled and cfg.objective.name in ("auto", "atjt") and cfg.atjt.num_parts < 2:
         raise ConfigError("config key 'atjt.num_parts' must be >= 2 with ATJT on (cross-fitting needs another part)")
     if not 0.0 < cfg.atjt.noise_fraction < 1.0:
         raise ConfigError(f"config key 'atjt.noise_fraction' must be in (0, 1), got {cfg.atjt.noise_fraction}")

@@ -21,11 +21,13 @@ from typing import Optional
 
 import torch
 
-from .atjt import RECOGNIZER_ONLY, JointModel, Losses, Schedule, StepPlan, atjt_objective
+from .atjt import RECOGNIZER_ONLY, JointModel, Schedule, StepPlan
 from .config import Config, dump_yaml
 from .data.dataset import TrainingData
 from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
+from .collectives import global_sum
 from .metrics import CandidateMetrics, gather_binary_auc
+from .objective import Losses, compute_losses, objective_name
 from .models import ModelSpec
 from .models.batch import SequenceBatch
 from .optim import build_optimizers
@@ -40,9 +42,12 @@ class NonFiniteLossError(RuntimeError):
 
 def method_name(cfg: Config) -> str:
     """A short name of the training method, for run names and tables."""
-    if not cfg.atjt.enabled:
+    name = objective_name(cfg)
+    if name == "bce":
         return "base"
-    return "atjt" if cfg.atjt.variant == "joint" else f"atjt-{cfg.atjt.variant}"
+    if name == "atjt" and cfg.atjt.variant != "joint":
+        return f"atjt-{cfg.atjt.variant}"
+    return name
 
 
 def resolve_data_path(cfg: Config, ctx: DistContext) -> Path:
@@ -55,19 +60,20 @@ def resolve_data_path(cfg: Config, ctx: DistContext) -> Path:
 
 
 class _WindowStats:
-    """Sums of the step statistics since the last log line (device tensors, no host syncs)."""
+    """The step statistics since the last log line.
+
+    Each step's ``Losses.stats`` are this rank's shares of global sums; they are added up on the
+    device and reduced across ranks once per log line, so steps never wait for the host.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.reset()
 
     def reset(self) -> None:
-        z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
         self.steps = 0
         self.rows = 0
-        self.total, self.rec, self.aux = z(), z(), z()
-        self.weight_mean = z()
-        self.w_clean_sum, self.w_clean_n, self.w_noisy_sum, self.w_noisy_n = z(), z(), z(), z()
+        self.sums: dict[str, torch.Tensor] = {}
         self.aux_scores: list[torch.Tensor] = []
         self.aux_labels: list[torch.Tensor] = []
         self.started = time.perf_counter()
@@ -75,43 +81,29 @@ class _WindowStats:
     def add(self, losses: Losses, out: dict, aux: Optional[SequenceBatch], global_rows: int) -> None:
         self.steps += 1
         self.rows += global_rows
-        self.total += losses.total.detach().double()
-        if losses.rec is not None:
-            self.rec += losses.rec.detach().double()
-        if losses.aux is not None:
-            self.aux += losses.aux.detach().double()
-        s = losses.stats
-        if "weight_mean" in s:
-            self.weight_mean += s["weight_mean"].double()
-        if "w_clean_sum" in s:
-            self.w_clean_sum += s["w_clean_sum"].double()
-            self.w_clean_n += s["w_clean_n"].double()
-            self.w_noisy_sum += s["w_noisy_sum"].double()
-            self.w_noisy_n += s["w_noisy_n"].double()
+        for key, value in losses.stats.items():
+            value = value.detach().double()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
         if "aux_logits" in out and aux is not None:
             self.aux_scores.append(out["aux_logits"].detach().float())
             self.aux_labels.append(aux.label)
 
     def summary(self) -> dict:
+        """Window means of the losses and weights (a collective: every rank calls it)."""
+        keys = sorted(self.sums)
+        totals = dict(zip(keys, global_sum(torch.stack([self.sums[k] for k in keys])).tolist())) if keys else {}
         n = max(self.steps, 1)
         elapsed = time.perf_counter() - self.started
-        rec = {
-            "loss": (self.total / n).item(),
-            "samples_per_s": self.rows / elapsed if elapsed > 0 else float("nan"),
-        }
-        if self.rec.item() != 0:
-            rec["loss_rec"] = (self.rec / n).item()
-        if self.aux.item() != 0:
-            rec["loss_aux"] = (self.aux / n).item()
-        if self.weight_mean.item() != 0:
-            rec["weight_mean"] = (self.weight_mean / n).item()
-        if self.w_clean_n.item() > 0:
-            rec["w_clean"] = (self.w_clean_sum / self.w_clean_n).item()
-        if self.w_noisy_n.item() > 0:
-            rec["w_noisy"] = (self.w_noisy_sum / self.w_noisy_n).item()
+        record = {"samples_per_s": self.rows / elapsed if elapsed > 0 else float("nan")}
+        for key in ("loss", "loss_rec", "loss_aux", "loss_extra", "dropped"):
+            if key in totals:
+                record[key] = totals[key] / n
+        for name, (num, den) in {"weight_mean": ("weight_sum", "weight_n"), "w_clean": ("w_clean_sum", "w_clean_n"), "w_noisy": ("w_noisy_sum", "w_noisy_n")}.items():
+            if den in totals and totals[den] > 0:
+                record[name] = totals[num] / totals[den]
         if self.aux_scores:
-            rec["recognizer_auc"] = gather_binary_auc(torch.cat(self.aux_scores), torch.cat(self.aux_labels))
-        return rec
+            record["recognizer_auc"] = gather_binary_auc(torch.cat(self.aux_scores), torch.cat(self.aux_labels))
+        return record
 
 
 class _NoiseAudit:
@@ -224,7 +216,7 @@ class Trainer:
         """One optimisation step of the plan's batches; returns losses and outputs (on device)."""
         rec, aux = self._batches(plan)
         out = self.model(rec, aux, plan.phase, plan.stage)
-        losses = atjt_objective(out, rec, aux, self.cfg, plan.stage)
+        losses = compute_losses(out, rec, aux, self.cfg, plan.stage, plan.step)
         losses.backward.backward()  # embedding tables update here (fused optimiser)
         self.dense_optimizer.step()
         self.dense_optimizer.zero_grad(set_to_none=True)
@@ -267,7 +259,7 @@ class Trainer:
 
     def _log_window(self, plan: StepPlan, stats: _WindowStats, bar) -> None:
         record = stats.summary()
-        if not math.isfinite(record["loss"]):
+        if not math.isfinite(record.get("loss", 0.0)):
             raise NonFiniteLossError(
                 f"non-finite loss at or before step {self.step} (phase {plan.phase}, {plan.stage}): "
                 f"loss={record['loss']}, L_R={record.get('loss_rec')}, L_D={record.get('loss_aux')}; "
