@@ -12,6 +12,8 @@ kernels, :func:`row_state` turns (key, row) into a per-row splitmix64 state, and
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -41,10 +43,15 @@ def _mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
+@functools.lru_cache(maxsize=1024)
+def _stream_base(seed: int, stream: str) -> int:
+    # The (seed, stream) part of a key, computed once: stream_key runs for every batch.
+    return _mix(_mix(seed & _MASK) ^ STREAMS[stream])
+
+
 def stream_key(seed: int, stream: str, *counters: int) -> np.uint64:
     """A 64-bit key for one named stream at one point of the run (e.g. epoch, step)."""
-    z = _mix(int(seed) & _MASK)
-    z = _mix(z ^ STREAMS[stream])
+    z = _stream_base(int(seed), stream)
     for c in counters:
         z = _mix(z ^ (int(c) & _MASK))
     return np.uint64(z)

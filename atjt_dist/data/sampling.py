@@ -12,17 +12,19 @@ Conventions
 - "The r-th most recent valid item" of a row of length n is column ``n - r``.
 
 Execution
-- The batch kernels work in blocks of 128 rows, one block function per kernel; a serial loop
-  or a ``prange`` loop runs the blocks, with the same bits either way. Batches smaller than
-  :data:`PARALLEL_MIN_ROWS` run serially: a training batch of a few hundred rows costs tens of
-  microseconds, less than waking and joining a thread team (benchmarks/sampler.md), and each
-  rank's loader is a process of its own.
+- Each batch kernel is one function over a range of rows; the serial version runs it over the
+  batch, the parallel one over chunks of it in a ``prange`` loop, with the same bits either
+  way. Batches smaller than :data:`PARALLEL_MIN_ROWS` run serially: a training batch of a few
+  hundred rows costs tens of microseconds, less than waking and joining a thread team
+  (benchmarks/sampler.md), and each rank's loader is a process of its own.
 - On a real-sized dataset the data path is bound by cache misses (random users' offsets, items
-  and item sets), not by arithmetic. Each block first prefetches the addresses its rows will
-  read, in two short passes (offsets, then the lines they point at), so that the misses
-  overlap instead of being paid one after another.
-- Hot loops take no helper that receives arrays: numba reference-counts array arguments at
-  such calls, which cost several times the loop's own work (measured).
+  and item sets), not by arithmetic, and each row's misses form a chain (user -> offset ->
+  items). The kernels prefetch ahead: while row r is computed, the lines of row r+8 and the
+  offset of row r+16 are requested, so that the misses of different rows overlap.
+- Per-row loops call no helper that takes arrays (the alias draw and the binary search are
+  written out where it matters): with such a call in its loop, even an inlined one, the
+  corruption loop measured five times slower (most likely numba's reference counting of the
+  array arguments at every call).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from llvmlite.binding import llvm_version_info
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .rng import next_below, next_float, next_u64, row_state, stream_key
+from .rng import next_below, next_float, row_state, stream_key
 
 # ---------------------------------------------------------------------------------------------
 # Permutations and partitions
@@ -204,13 +206,17 @@ def _draw_free_item(state, prob, alias, owned, lo, hi, num_items):
 
 
 # ---------------------------------------------------------------------------------------------
-# Execution: blocks, prefetching, serial or parallel
+# Execution: prefetching, serial or parallel
 # ---------------------------------------------------------------------------------------------
 
-# Rows per block of the batch kernels (see the module docstring), and the batch size from which
-# the public functions run their parallel loop (over blocks) instead of the serial one.
-_BLOCK = 128
+# Prefetch distance of the batch kernels, in rows: row r + _AHEAD's cache lines are requested
+# while row r is computed, and row r + 2 * _AHEAD's offsets before that (see the module
+# docstring; 4 to 16 measure alike, 2 and 32 worse). _CHUNK rows make one task of a parallel
+# loop, and from PARALLEL_MIN_ROWS rows the public functions run their parallel loop.
+_AHEAD = 8
+_CHUNK = 1024
 PARALLEL_MIN_ROWS = 16_384
+
 
 # llvm.prefetch's name carries its pointer type: "p0" with LLVM's opaque pointers (LLVM >= 15,
 # every llvmlite numba supports now), "p0i8" before.
@@ -248,23 +254,30 @@ def _parallel(rows: int) -> bool:
 
 
 @numba.njit(cache=True)
-def _negatives_block(key, row_ids, users, owned, owned_offsets, prob, alias, out, r0, r1):
-    # Returns how many rows found no free item (their user owns every item).
+def _negatives_rows(key, row_ids, users, owned, owned_offsets, prob, alias, out, r0, r1):
+    # Rows r0..r1-1; returns how many found no free item (their user owns every item).
     num_items = prob.shape[0]
-    for r in range(r0, r1):
-        _prefetch(owned_offsets, users[r])
-    for r in range(r0, r1):
-        u = users[r]
-        lo = owned_offsets[u]
-        hi = owned_offsets[u + 1]
-        # the lines a binary search over owned[lo:hi] can visit first (all of them up to 512 items)
-        step = max(16, (hi - lo) >> 5)
-        k = lo
-        while k < hi:
-            _prefetch(owned, k)
-            k += step
     failures = 0
-    for r in range(r0, r1):
+    for r in range(r0, min(r1, r0 + 2 * _AHEAD)):
+        _prefetch(owned_offsets, users[r])
+    for r in range(r0 - _AHEAD, r1):
+        if r + 2 * _AHEAD < r1:
+            _prefetch(owned_offsets, users[r + 2 * _AHEAD])
+        if r + _AHEAD < r1:
+            # the lines a binary search over the user's items can visit first (all of them up
+            # to 512 items), and the last one
+            u = users[r + _AHEAD]
+            lo = owned_offsets[u]
+            hi = owned_offsets[u + 1]
+            step = max(16, (hi - lo) >> 5)
+            k = lo
+            while k < hi:
+                _prefetch(owned, k)
+                k += step
+            if hi > lo:
+                _prefetch(owned, hi - 1)
+        if r < r0:
+            continue
         u = users[r]
         lo0 = owned_offsets[u]
         hi0 = owned_offsets[u + 1]
@@ -301,20 +314,16 @@ def _negatives_block(key, row_ids, users, owned, owned_offsets, prob, alias, out
 
 @numba.njit(cache=True)
 def _sample_negatives_serial(key, row_ids, users, owned, owned_offsets, prob, alias, out):
-    rows = users.shape[0]
-    failures = 0
-    for r0 in range(0, rows, _BLOCK):
-        failures += _negatives_block(key, row_ids, users, owned, owned_offsets, prob, alias, out, r0, min(rows, r0 + _BLOCK))
-    return failures
+    return _negatives_rows(key, row_ids, users, owned, owned_offsets, prob, alias, out, 0, users.shape[0])
 
 
 @numba.njit(parallel=True, cache=True)
 def _sample_negatives_parallel(key, row_ids, users, owned, owned_offsets, prob, alias, out):
     rows = users.shape[0]
     failures = 0
-    for b in numba.prange((rows + _BLOCK - 1) // _BLOCK):
-        r0 = b * _BLOCK
-        failures += _negatives_block(key, row_ids, users, owned, owned_offsets, prob, alias, out, r0, min(rows, r0 + _BLOCK))
+    for c in numba.prange((rows + _CHUNK - 1) // _CHUNK):
+        r0 = c * _CHUNK
+        failures += _negatives_rows(key, row_ids, users, owned, owned_offsets, prob, alias, out, r0, min(rows, r0 + _CHUNK))
     return failures
 
 
@@ -431,19 +440,23 @@ def sample_candidates(
 
 
 @numba.njit(cache=True)
-def _windows_block(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat, r0, r1):
+def _windows_rows(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat, r0, r1):
     L = hist.shape[1]
-    for r in range(r0, r1):
+    for r in range(r0, min(r1, r0 + 2 * _AHEAD)):
         _prefetch(seq_offsets, users[r])
-    for r in range(r0, r1):
-        base = seq_offsets[users[r]]
-        pos = positions[r]
-        k = base + max(0, pos - L)
-        while k < base + pos:  # the window's cache lines, then the target's
-            _prefetch(seq_items, k)
-            k += 16
-        _prefetch(seq_items, base + pos)
-    for r in range(r0, r1):
+    for r in range(r0 - _AHEAD, r1):
+        if r + 2 * _AHEAD < r1:
+            _prefetch(seq_offsets, users[r + 2 * _AHEAD])
+        if r + _AHEAD < r1:
+            base = seq_offsets[users[r + _AHEAD]]
+            pos = positions[r + _AHEAD]
+            k = base + max(0, pos - L)
+            while k < base + pos:  # the window's cache lines, then the target's
+                _prefetch(seq_items, k)
+                k += 16
+            _prefetch(seq_items, base + pos)
+        if r < r0:
+            continue
         base = seq_offsets[users[r]]
         pos = positions[r]
         start = max(0, pos - L)
@@ -463,17 +476,15 @@ def _windows_block(seq_items, seq_offsets, item_category, users, positions, hist
 
 @numba.njit(cache=True)
 def _fill_windows_serial(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat):
-    rows = users.shape[0]
-    for r0 in range(0, rows, _BLOCK):
-        _windows_block(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat, r0, min(rows, r0 + _BLOCK))
+    _windows_rows(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat, 0, users.shape[0])
 
 
 @numba.njit(parallel=True, cache=True)
 def _fill_windows_parallel(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat):
     rows = users.shape[0]
-    for b in numba.prange((rows + _BLOCK - 1) // _BLOCK):
-        r0 = b * _BLOCK
-        _windows_block(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat, r0, min(rows, r0 + _BLOCK))
+    for c in numba.prange((rows + _CHUNK - 1) // _CHUNK):
+        r0 = c * _CHUNK
+        _windows_rows(seq_items, seq_offsets, item_category, users, positions, hist, hist_cat, lengths, target, target_cat, r0, min(rows, r0 + _CHUNK))
 
 
 @numba.njit(cache=True)
@@ -514,7 +525,7 @@ def noisy_rows(key: np.uint64, global_rows: int, fraction: float) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _corrupt_block(
+def _corrupt_rows(
     key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
     count, shared_r, prob, alias, num_items, chosen, labels, r0, r1,
 ):
@@ -579,14 +590,10 @@ def _corrupt_serial(
     key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
     count, shared_r, prob, alias, num_items, chosen, labels,
 ):
-    rows = hist.shape[0]
-    bad = 0
-    for r0 in range(0, rows, _BLOCK):
-        bad += _corrupt_block(
-            key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-            count, shared_r, prob, alias, num_items, chosen, labels, r0, min(rows, r0 + _BLOCK),
-        )
-    return bad
+    return _corrupt_rows(
+        key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
+        count, shared_r, prob, alias, num_items, chosen, labels, 0, hist.shape[0],
+    )
 
 
 @numba.njit(parallel=True, cache=True)
@@ -596,11 +603,11 @@ def _corrupt_parallel(
 ):
     rows = hist.shape[0]
     bad = 0
-    for b in numba.prange((rows + _BLOCK - 1) // _BLOCK):
-        r0 = b * _BLOCK
-        bad += _corrupt_block(
+    for c in numba.prange((rows + _CHUNK - 1) // _CHUNK):
+        r0 = c * _CHUNK
+        bad += _corrupt_rows(
             key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-            count, shared_r, prob, alias, num_items, chosen, labels, r0, min(rows, r0 + _BLOCK),
+            count, shared_r, prob, alias, num_items, chosen, labels, r0, min(rows, r0 + _CHUNK),
         )
     return bad
 
@@ -610,8 +617,8 @@ def shared_positions(key: np.uint64, min_length: int, count: int) -> np.ndarray:
     c = max(0, min(count, min_length))
     if c == 0:
         return np.zeros(0, dtype=np.int64)
-    order = _fisher_yates(min_length, key)  # uniform distinct values in [0, min_length)
-    return (order[:c] + 1).astype(np.int64)
+    order = _fisher_yates(int(min_length), key)  # uniform distinct values in [0, min_length)
+    return order[:c] + 1  # int64
 
 
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
