@@ -108,7 +108,7 @@ def _embedding_tables(module: nn.Module) -> list[str]:
     return names
 
 
-def shard_model(module: nn.Module, ctx: DistContext, sharding: str = "auto", find_unused_parameters: bool = False):
+def shard_model(module: nn.Module, ctx: DistContext, sharding: str = "auto"):
     """Wrap ``module`` in DistributedModelParallel with a plan for every embedding table.
 
     ``sharding``: 'auto' lets TorchRec's planner choose per table for this topology; any of
@@ -141,9 +141,9 @@ def shard_model(module: nn.Module, ctx: DistContext, sharding: str = "auto", fin
         device=ctx.device,
         plan=plan,
         sharders=sharders,
-        data_parallel_wrapper=DefaultDataParallelWrapper(
-            static_graph=not find_unused_parameters, find_unused_parameters=find_unused_parameters
-        ),
+        # Every dense parameter takes part in every step (atjt.JointModel.idle_dense_parameters),
+        # but which recogniser computes changes with the phase: no static graph.
+        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=False),
     )
     return dmp, plan
 

@@ -199,5 +199,7 @@ def compute_losses(
             stats["w_noisy_sum"] = p[~clean].sum()
             stats["w_noisy_n"] = (~clean).sum().float()
 
+    if "idle_touch" in out:  # zero-valued: keeps every DDP-managed parameter in the graph
+        share = share + out["idle_touch"]
     stats["loss"] = log_share
     return Losses(backward=share * world, stats=stats)

@@ -178,10 +178,7 @@ class Trainer:
         full_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.recommender.apply_pretrained(full_state, cfg, self.data)  # e.g. S3Rec's pre-training
         self.dense_optimizer_factory = build_optimizers(model, cfg)  # fused sparse optimisers are attached here
-        # Recognisers of other phases are idle in a step, so DDP must allow unused parameters.
-        self.model, self.plan = shard_model(
-            model, self.ctx, cfg.dist.sharding, find_unused_parameters=len(model.recognizers) > 0
-        )
+        self.model, self.plan = shard_model(model, self.ctx, cfg.dist.sharding)
         load_full_state(self.model, full_state)
         self.dense_optimizer = self.dense_optimizer_factory(self.model)
         self.step = 0
@@ -218,6 +215,8 @@ class Trainer:
         out = self.model(rec, aux, plan.phase, plan.stage)
         losses = compute_losses(out, rec, aux, self.cfg, plan.stage, plan.step)
         losses.backward.backward()  # embedding tables update here (fused optimiser)
+        for p in self.model.module.idle_dense_parameters(plan.phase, plan.stage):
+            p.grad = None  # untouched by this step: no weight decay, no Adagrad state change
         self.dense_optimizer.step()
         self.dense_optimizer.zero_grad(set_to_none=True)
         return losses, out, rec, aux

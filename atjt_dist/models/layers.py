@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..collectives import global_sum_differentiable
@@ -56,7 +57,36 @@ class PReLU(nn.Module):
         self.weight = nn.Parameter(torch.full((num_features,), init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x >= 0, x, self.weight * x)
+        # relu(x) - a * relu(-x): the same function; on CPU its forward and backward take about
+        # a quarter of F.prelu's time (whose slope gradient reduces poorly) on [B*L, H] inputs.
+        return F.relu(x) - self.weight * F.relu(-x)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose mask costs one random byte per element.
+
+    The recogniser drops out every history position's hidden units, and on CPU torch's
+    bernoulli_ (or a uniform draw per element) dominates that layer's cost. Here each 64-bit
+    random word yields eight bytes; a unit is kept when its byte is >= round(256 p), so the drop
+    probability is p rounded to a multiple of 1/256 (exact for 0.5, the recogniser's; stated in
+    ``effective_p``). The kept units are scaled by 1 / (1 - effective_p).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = min(int(round(p * 256)), 255)
+        self.effective_p = self.threshold / 256
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_()
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return x * keep * (1.0 / (1.0 - self.effective_p))
 
 
 def activation(name: str, width: int) -> nn.Module:
@@ -85,7 +115,7 @@ class MLP(nn.Module):
             self.acts.append(activation(act, h))
             width = h
         self.out = nn.Linear(width, out)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.linears:
@@ -125,7 +155,8 @@ class TargetAttention(nn.Module):
             weights = torch.softmax(scores.masked_fill(~mask, -1e30), dim=-1)
         else:
             weights = scores * mask
-        return torch.einsum("bl,bld->bd", weights, hist)
+        # A broadcast multiply and sum: on CPU about 3x faster than bmm/einsum at these sizes.
+        return (weights[..., None] * hist).sum(1)
 
     def _first_layer(self, hist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """W [h; t; h - t; h * t] + b without building the [B, L, 4D] input.
