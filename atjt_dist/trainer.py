@@ -106,38 +106,6 @@ class _WindowStats:
         return record
 
 
-class _NoiseAudit:
-    """Weights given to recommender positives vs the planted-noise ground truth of their users.
-
-    Collected in each phase's last epoch (the trained recogniser's weights); the AUC says how
-    well the weights rank clean users above noisy ones (1 = perfectly, 0.5 = not at all).
-    """
-
-    def __init__(self, noise_users: Optional[torch.Tensor], device: torch.device) -> None:
-        self.noise_users = noise_users
-        self.device = device
-        self.phase: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.run: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def add(self, out: dict, rec: Optional[SequenceBatch]) -> None:
-        if self.noise_users is None or "weight_logits" not in out or rec is None:
-            return
-        w = torch.sigmoid(out["weight_logits"].detach().float())
-        clean = (~self.noise_users[rec.user[: len(w)]]).float()
-        self.phase.append((w, clean))
-
-    def next_phase(self) -> None:
-        self.run.extend(self.phase)
-        self.phase = []
-
-    def auc(self, whole_run: bool) -> float:
-        pairs = self.run + self.phase if whole_run else self.phase
-        if not pairs:
-            empty = torch.empty(0, device=self.device)
-            return gather_binary_auc(empty, empty)
-        return gather_binary_auc(torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
-
-
 class Trainer:
     """A run: setup in __init__, then train(), evaluate(), close()."""
 
@@ -182,7 +150,6 @@ class Trainer:
         load_full_state(self.model, full_state)
         self.dense_optimizer = self.dense_optimizer_factory(self.model)
         self.step = 0
-        self.noise_weight_auc: Optional[float] = None
         if self.ctx.is_main:
             log.info("run directory %s", self.run_dir)
             log.info(
@@ -226,33 +193,22 @@ class Trainer:
         cfg = self.cfg
         total = self.total_steps()
         stats = _WindowStats(self.ctx.device)
-        noise = _NoiseAudit(self.noise_users, self.ctx.device)
         bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
-        phase = None
         self.model.train()
         for plan in self.schedule.steps():
             if plan.step < self.step:
                 continue
             if plan.step >= total:
                 break
-            if phase is not None and plan.phase != phase:
-                self._end_phase(phase, noise)
-            phase = plan.phase
             losses, out, rec, aux = self.train_step(plan)
             self.step = plan.step + 1
             global_rows = (len(rec) if rec is not None else 0) * self.ctx.world
             stats.add(losses, out, aux, global_rows)
-            if plan.epoch == self.cfg.train.epochs - 1:  # the trained recogniser's weights
-                noise.add(out, rec)
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 self._log_window(plan, stats, bar)
                 stats.reset()
-        if phase is not None:
-            self._end_phase(phase, noise)
-            if self.noise_users is not None and self.schedule.uses_recognizer:
-                self.noise_weight_auc = noise.auc(whole_run=True)
         if bar is not None:
             bar.close()
 
@@ -277,39 +233,60 @@ class Trainer:
             else:
                 log.info(line)
 
-    def _end_phase(self, phase: int, noise: "_NoiseAudit") -> None:
-        if self.noise_users is None or not self.schedule.uses_recognizer:
-            return  # the same decision on every rank, so no rank skips a collective alone
-        auc = noise.auc(whole_run=False)
-        noise.next_phase()
-        self.metrics_log.write("phase_end", step=self.step, phase=phase, noise_weight_auc=auc)
-        if self.ctx.is_main:
-            log.info("phase %d: AUC of the weights separating clean from planted-noise users %.4f", phase, auc)
-
     # -- evaluation ---------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Test metrics over the stored candidates (exact across ranks)."""
+        """Test metrics over the stored candidates (exact across ranks).
+
+        With ATJT on a dataset with planted noise, also ``noise_weight_auc``: how well the
+        trained recognisers' weights rank clean training users above noisy ones.
+        """
         cfg = self.cfg
-        world = self.ctx.world
-        users_per_batch = -(-cfg.eval.batch_users // world) * world
         acc = CandidateMetrics(k=cfg.eval.k)
         recommender = self.model.module.recommender
         self.model.eval()
         try:
-            for b in range(self.data.num_test_batches(users_per_batch)):
-                rows, valid = self.data.test_batch(b, users_per_batch)
+            for start, size in self.data.user_batches(self.data.test_users, cfg.eval.batch_users):
+                rows, valid = self.data.test_batch(start, size)
                 batch = SequenceBatch.from_arrays(rows).to(self.ctx.device)
                 scores = recommender(batch).view(len(valid), -1)
                 acc.update(scores, torch.from_numpy(valid).to(self.ctx.device))
         finally:
             self.model.train()
         metrics = acc.compute()
-        if self.noise_weight_auc is not None:
-            metrics["noise_weight_auc"] = self.noise_weight_auc  # over every phase
+        if self.noise_users is not None and self.schedule.uses_recognizer:
+            users, weights = self.score_training_users()
+            metrics["noise_weight_auc"] = gather_binary_auc(weights, (~self.noise_users[users]).float())
         self.metrics_log.write("test", step=self.step, **metrics)
         return metrics
+
+    @torch.no_grad()
+    def score_training_users(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training user's sequence weight, P(clean), from the recogniser that did not
+        train on it (the one of the user's own part), on its clean last training window.
+
+        Returns this rank's (users, weights); together the ranks cover every training user once.
+        """
+        module = self.model.module
+        users_out, weights_out = [], []
+        module.eval()
+        try:
+            for part, recognizer in zip(self.schedule.parts, module.recognizers):
+                positions = self.data.last_train_pos[part]
+                for start, size in self.data.user_batches(part, self.cfg.eval.batch_users):
+                    rows, valid = self.data.user_windows(part, positions, start, size)
+                    batch = SequenceBatch.from_arrays(rows).to(self.ctx.device)
+                    w = torch.sigmoid(recognizer(batch).float())
+                    keep = torch.from_numpy(valid).to(self.ctx.device)
+                    users_out.append(batch.user[keep])
+                    weights_out.append(w[keep])
+        finally:
+            module.train()
+        if not users_out:
+            empty = torch.empty(0, device=self.ctx.device)
+            return empty.long(), empty
+        return torch.cat(users_out), torch.cat(weights_out)
 
     # -- outputs ------------------------------------------------------------------------------
 

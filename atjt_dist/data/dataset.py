@@ -316,22 +316,37 @@ class TrainingData:
         positions = space.first_pos[idx] + (samples - space.cum[idx])
         return int(positions.min())  # history length = min(L, position)
 
-    def test_batch(self, index: int, users_per_batch: int) -> tuple[BatchArrays, np.ndarray]:
-        """This rank's rows of test batch ``index``: each test user x its stored candidates.
+    # -- evaluation and scoring -----------------------------------------------------------
 
-        Returns the rows (user-major: user 0's C candidates, then user 1's ...) and a bool mask
-        [users] of real users (the last global batch is padded to a whole number of users
-        per rank with copies of the first test user, masked out of the metrics).
-        """
-        sl = rank_slice(users_per_batch, self.rank, self.world)
-        start = index * users_per_batch
+    def user_batches(self, users: np.ndarray, users_per_batch: int) -> list[tuple[int, int]]:
+        """Global batches over ``users`` as (start, size): size is users_per_batch, except the
+        last batch, which is only padded up to a multiple of the world size."""
+        per = -(-users_per_batch // self.world) * self.world
+        out = []
+        for start in range(0, len(users), per):
+            size = min(per, -(-(len(users) - start) // self.world) * self.world)
+            out.append((start, size))
+        return out
+
+    def user_windows(self, users: np.ndarray, positions: np.ndarray, start: int, size: int) -> tuple[BatchArrays, np.ndarray]:
+        """This rank's rows of the global batch users[start:start+size]: each user's window
+        ending at its position (the target). Returns the rows and a bool mask of real users
+        (padding rows repeat the first user and are masked out)."""
+        sl = rank_slice(size, self.rank, self.world)
         idx = np.arange(start + sl.start, start + sl.stop, dtype=np.int64)
-        valid = idx < len(self.test_users)
-        users = self.test_users[np.where(valid, idx, 0)]
-        positions = self.lengths[users] - 1
-        space = SampleSpace(users=users, first_pos=positions, cum=np.arange(len(users) + 1, dtype=np.int64))
-        b = self._windows(np.arange(len(users), dtype=np.int64), space, idx, 1.0)
-        cand = np.asarray(self.arrays.candidates)[users]  # [u, C]
+        valid = idx < len(users)
+        chosen = np.where(valid, idx, 0)
+        picked = np.asarray(users, dtype=np.int64)[chosen]
+        space = SampleSpace(users=picked, first_pos=np.asarray(positions, dtype=np.int64)[chosen], cum=np.arange(len(picked) + 1, dtype=np.int64))
+        return self._windows(np.arange(len(picked), dtype=np.int64), space, idx, 1.0), valid
+
+    def test_batch(self, start: int, size: int) -> tuple[BatchArrays, np.ndarray]:
+        """This rank's rows of the test batch test_users[start:start+size] (from user_batches):
+        each test user x its stored candidates, user-major (user 0's C candidates, then user
+        1's ...), and the bool mask [users] of real users."""
+        users = self.test_users
+        b, valid = self.user_windows(users, self.lengths[users] - 1, start, size)
+        cand = np.asarray(self.arrays.candidates)[b.user]  # [u, C]
         C = cand.shape[1]
         rows = BatchArrays(
             user=np.repeat(b.user, C),
@@ -340,10 +355,7 @@ class TrainingData:
             lengths=np.repeat(b.lengths, C),
             target=cand.reshape(-1),
             target_cat=np.asarray(self.arrays.item_category)[cand.reshape(-1)],
-            label=np.tile(np.eye(1, C, dtype=np.float32)[0], len(users)),
-            row_ids=np.repeat(idx, C),
+            label=np.tile(np.eye(1, C, dtype=np.float32)[0], len(b.user)),
+            row_ids=np.repeat(b.row_ids, C),
         )
         return rows, valid
-
-    def num_test_batches(self, users_per_batch: int) -> int:
-        return -(-len(self.test_users) // users_per_batch)
