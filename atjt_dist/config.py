@@ -626,11 +626,29 @@ def set_key(cfg: Config, dotted: str, value: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file into a mapping (empty file = empty mapping)."""
+def _merge(base: dict, top: dict) -> dict:
+    """Deep merge of two config mappings; ``top`` wins."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a YAML config file into a mapping (empty file = empty mapping).
+
+    A file may start from others: ``include: [a.yaml, b.yaml]`` (paths relative to the file)
+    are loaded in order and merged, then the file's own keys override them. This is how
+    configs/grid/<dataset>-<model>.yaml combine a dataset's and a model's settings.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path} includes itself (through {', '.join(str(p) for p in _seen)})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -639,7 +657,15 @@ def load_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
-    return data
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"config file {path}: 'include' must be a file name or a list of file names")
+    merged: dict = {}
+    for inc in includes:
+        merged = _merge(merged, load_yaml(path.parent / inc, _seen + (path.resolve(),)))
+    return _merge(merged, data)
 
 
 def parse_overrides(argv: list[str]) -> tuple[Optional[str], list[tuple[str, Any]], list[str]]:
