@@ -555,3 +555,30 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
         "2",
     )
     assert_refused(code, err, output, "No space left on device")
+
+
+def test_dataset_directory_is_readable_by_others_and_revisits_count_once(tmp_path):
+    """A dataset directory gets the umask's permissions (not mkdtemp's private 0700), and a
+    user's repeated items count once when checking that enough negatives exist."""
+    import os
+    import stat
+
+    import numpy as np
+    import pyarrow as pa
+
+    from atjt_dist.data.layout import write_dataset
+
+    # one user revisits 2 items 40 times: 80 interactions but only 2 distinct items of 10
+    seq = np.array([1, 2] * 40 + [3, 4, 5], dtype=np.int32)
+    offsets = np.array([0, 80, 83], dtype=np.int64)
+    old = os.umask(0o022)
+    try:
+        out = write_dataset(
+            tmp_path / "ds", seq_items=seq, seq_offsets=offsets, seq_times=np.arange(83),
+            raw_users=pa.array(["a", "b"]), raw_items=pa.array([str(i) for i in range(1, 11)]),
+            item_category=np.zeros(11, dtype=np.int32), category_names=pa.array([], type=pa.string()),
+            meta={"format": "test"}, num_candidates=8,
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755

@@ -175,11 +175,19 @@ def write_dataset(
     popularity = np.bincount(seq_items, minlength=num_items + 1).astype(np.int64)
     popularity[PADDING_ITEM] = 0
     lengths = np.diff(seq_offsets)
-    max_owned = int(lengths.max())
+    if lengths.min() < 1:
+        raise DatasetError(f"user {int(np.argmin(lengths))} has no interaction; every user needs at least one")
+    owned, owned_offsets = user_item_sets(seq_items, seq_offsets)
+    # Distinct items per user (repeats are real revisits in some datasets, e.g. Yelp).
+    first = np.ones(len(owned), dtype=bool)
+    first[1:] = owned[1:] != owned[:-1]
+    first[seq_offsets[:-1]] = True
+    distinct = np.add.reduceat(first.astype(np.int64), seq_offsets[:-1])
+    max_owned = int(distinct.max())
     if num_items - max_owned < num_candidates - 1:
         raise DatasetError(
-            f"a user has interacted with {max_owned} of {num_items} items, leaving fewer than "
-            f"{num_candidates - 1} negatives for its test candidates; lower --candidates"
+            f"user {int(np.argmax(distinct))} has interacted with {max_owned} of {num_items} items, "
+            f"leaving fewer than {num_candidates - 1} negatives for its test candidates; lower --candidates"
         )
     fold = assign_folds(num_users, folds, fold_seed)
     weights = popularity[1:].astype(np.float64)
@@ -190,7 +198,6 @@ def write_dataset(
     else:
         raise DatasetError(f"candidate sampler {candidate_sampler!r}: expected 'popularity' or 'uniform'")
     prob, alias = build_alias(weights)
-    owned, owned_offsets = user_item_sets(seq_items, seq_offsets)
     candidates = sample_candidates(
         seq_items, seq_offsets, owned, owned_offsets, prob, alias, num_candidates, candidate_seed
     )
@@ -287,6 +294,11 @@ def write_dataset(
             candidates=candidates,
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        # mkdtemp creates the directory private (0700); give it the permissions a normal
+        # mkdir would (the umask's), so others on a shared cluster can read the dataset.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if output.exists():
             shutil.rmtree(output)
         os.replace(tmp, output)
