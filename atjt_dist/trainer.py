@@ -13,8 +13,8 @@ inside it), one dense optimiser step. Statistics stay on the device and are read
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,22 +22,20 @@ from typing import Optional
 import torch
 
 from .atjt import RECOGNIZER_ONLY, JointModel, Schedule, StepPlan
-from .config import Config, dump_yaml
+from .checkpoint import Checkpoints, rewind_metrics
+from .config import Config, ConfigError, dump_yaml
 from .data.dataset import TrainingData
 from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
+from .faults import LossMonitor, NonFiniteLossError, FaultHooks, elastic_restart_count, leave_broken_group, peer_failure
 from .collectives import global_sum
 from .metrics import CandidateMetrics, gather_binary_auc
 from .objective import Losses, compute_losses, objective_name
-from .models import ModelSpec
+from .models import ModelSpec, SequentialRecommender
 from .models.batch import SequenceBatch
-from .optim import build_optimizers
-from .runlog import MetricsWriter, choose_run_dir, progress_bar, setup_logging, write_json
+from .optim import build_optimizers, learning_rate
+from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, progress_bar, record_user_weights, setup_logging, write_json
 
 log = logging.getLogger("atjt_dist")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the message names the step and the quantity."""
 
 
 def method_name(cfg: Config) -> str:
@@ -120,7 +118,7 @@ class Trainer:
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_yaml(cfg, self.run_dir / "config.yaml")
-        self.metrics_log = MetricsWriter(self.run_dir, enabled=self.ctx.is_main)
+        self.metrics_log = MetricsWriter(self.run_dir, enabled=self.ctx.is_main, tensorboard=cfg.log.tensorboard)
         if cfg.train.batch_size % self.ctx.world or cfg.atjt.recognizer_batch_size % self.ctx.world:
             raise ValueError(
                 f"train.batch_size={cfg.train.batch_size} and atjt.recognizer_batch_size="
@@ -146,9 +144,11 @@ class Trainer:
         full_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.recommender.apply_pretrained(full_state, cfg, self.data)  # e.g. S3Rec's pre-training
         self.dense_optimizer_factory = build_optimizers(model, cfg)  # fused sparse optimisers are attached here
-        self.model, self.plan = shard_model(model, self.ctx, cfg.dist.sharding)
+        self.model, self.plan = shard_model(model, self.ctx, cfg.dist)
         load_full_state(self.model, full_state)
-        self.dense_optimizer = self.dense_optimizer_factory(self.model)
+        # The dense backend (optim.DenseBackend: DDP + torch Adagrad, or a DeepSpeed engine):
+        # forward, backward, step, zero_grad, state_dict.
+        self.dense_optimizer = self.dense_optimizer_factory(self.model, self.ctx)
         self.step = 0
         if self.ctx.is_main:
             log.info("run directory %s", self.run_dir)
@@ -162,6 +162,7 @@ class Trainer:
                 "%s: %d phases x %d epochs, %d steps; %d samples dropped as incomplete last batches",
                 self.method, len(self.schedule.phases), cfg.train.epochs, self.total_steps(), self.schedule.dropped_samples,
             )
+        self._init_checkpoints()
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -179,11 +180,11 @@ class Trainer:
     def train_step(self, plan: StepPlan) -> tuple[Losses, dict, Optional[SequenceBatch], Optional[SequenceBatch]]:
         """One optimisation step of the plan's batches; returns losses and outputs (on device)."""
         rec, aux = self._batches(plan)
-        out = self.model(rec, aux, plan.phase, plan.stage)
+        out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)  # the DMP model (via DeepSpeed's engine)
         losses = compute_losses(out, rec, aux, self.cfg, plan.stage, plan.step)
-        losses.backward.backward()  # embedding tables update here (fused optimiser)
-        for p in self.model.module.idle_dense_parameters(plan.phase, plan.stage):
-            p.grad = None  # untouched by this step: no weight decay, no Adagrad state change
+        # Embedding tables update inside the backward (fused optimiser); the idle dense
+        # parameters (untouched by this step) get neither weight decay nor an Adagrad update.
+        self.dense_optimizer.backward(losses.backward, self.model.module.idle_dense_parameters(plan.phase, plan.stage))
         self.dense_optimizer.step()
         self.dense_optimizer.zero_grad(set_to_none=True)
         return losses, out, rec, aux
@@ -193,6 +194,8 @@ class Trainer:
         cfg = self.cfg
         total = self.total_steps()
         stats = _WindowStats(self.ctx.device)
+        hist = WeightHistograms(cfg.log.weight_hist_bins, cfg.train.epochs, self.ctx.device, self.noise_users)
+        last: Optional[StepPlan] = None
         bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
         self.model.train()
         for plan in self.schedule.steps():
@@ -200,27 +203,52 @@ class Trainer:
                 continue
             if plan.step >= total:
                 break
+            if last is not None and (plan.phase, plan.stage) != (last.phase, last.stage):
+                self._end_phase(last, hist)
             losses, out, rec, aux = self.train_step(plan)
+            hist.observe(plan.epoch, out, rec, aux)
+            last = plan
             self.step = plan.step + 1
+            self._watch_losses(losses)
             global_rows = (len(rec) if rec is not None else 0) * self.ctx.world
             stats.add(losses, out, aux, global_rows)
             if bar is not None:
                 bar.update(1)
-            if self.step % cfg.train.log_every == 0 or self.step == total:
+            checkpoint_due = self._checkpoint_due(total)
+            if self.step % cfg.train.log_every == 0 or self.step == total or checkpoint_due:
                 self._log_window(plan, stats, bar)
                 stats.reset()
+            if checkpoint_due:
+                self.save_checkpoint(plan)
+            self.hooks.after_step(self.step, self.ctx.rank)
+        if last is not None:
+            self._end_phase(last, hist)
+            if self.step == total and self._saved_step != total:
+                self.save_checkpoint(last)  # the end of training (after the phase's records)
         if bar is not None:
             bar.close()
 
+    def _end_phase(self, plan: StepPlan, hist: WeightHistograms) -> None:
+        """Records at the end of a phase (or stage): 'phase_end', and 'weight_hist' with the
+        histograms of its latest epoch's weights (a collective: every rank calls it)."""
+        where = dict(step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch)
+        self.metrics_log.write("phase_end", **where)
+        histograms = hist.summary()
+        if histograms:
+            self.metrics_log.write("weight_hist", **where, **histograms)
+        hist.reset()
+
+    def _learning_rates(self, phase: int) -> dict:
+        """The recommender's and the phase's recogniser's learning rates (for the log)."""
+        lrs = {"lr": self.cfg.train.lr}
+        if self.schedule.uses_recognizer:
+            lrs["lr_recognizer"] = learning_rate(self.cfg, f"recognizers.{phase}.")
+        return lrs
+
     def _log_window(self, plan: StepPlan, stats: _WindowStats, bar) -> None:
+        self._check_finite()
         record = stats.summary()
-        if not math.isfinite(record.get("loss", 0.0)):
-            raise NonFiniteLossError(
-                f"non-finite loss at or before step {self.step} (phase {plan.phase}, {plan.stage}): "
-                f"loss={record['loss']}, L_R={record.get('loss_rec')}, L_D={record.get('loss_aux')}; "
-                "lower the learning rates or atjt.aux_weight"
-            )
-        self.metrics_log.write("train", step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch, **record)
+        self.metrics_log.write("train", step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch, **record, **self._learning_rates(plan.phase))
         if self.ctx.is_main:
             parts = [f"step {self.step}/{self.total_steps()}", f"phase {plan.phase}", f"loss {record['loss']:.4f}"]
             for key, label in (("loss_rec", "L_R"), ("loss_aux", "L_D"), ("w_clean", "w_clean"), ("w_noisy", "w_noisy"), ("recognizer_auc", "rg_auc")):
@@ -247,17 +275,22 @@ class Trainer:
         recommender = self.model.module.recommender
         self.model.eval()
         try:
+            # A sequential model encodes each history once and scores all its candidates from it.
+            once = isinstance(recommender, SequentialRecommender)
             for start, size in self.data.user_batches(self.data.test_users, cfg.eval.batch_users):
-                rows, valid = self.data.test_batch(start, size)
+                rows, valid = self.data.test_batch(start, size, expand=not once)
                 batch = SequenceBatch.from_arrays(rows).to(self.ctx.device)
-                scores = recommender(batch).view(len(valid), -1)
+                scores = recommender.score_candidates(batch) if once else recommender(batch).view(len(valid), -1)
                 acc.update(scores, torch.from_numpy(valid).to(self.ctx.device))
         finally:
             self.model.train()
         metrics = acc.compute()
-        if self.noise_users is not None and self.schedule.uses_recognizer:
+        if self.schedule.uses_recognizer and (self.noise_users is not None or cfg.log.user_weights):
             users, weights = self.score_training_users()
-            metrics["noise_weight_auc"] = gather_binary_auc(weights, (~self.noise_users[users]).float())
+            if self.noise_users is not None:
+                metrics["noise_weight_auc"] = gather_binary_auc(weights, (~self.noise_users[users]).float())
+            if cfg.log.user_weights:  # weights.parquet and a 'user_weights' record
+                record_user_weights(self.metrics_log, self.run_dir, self.step, users, weights, self.data.arrays.noise_users, cfg.log.weight_hist_bins)
         self.metrics_log.write("test", step=self.step, **metrics)
         return metrics
 
@@ -310,4 +343,113 @@ class Trainer:
         self.model = None
         self.dense_optimizer = None
         if self._owns_ctx:
-            shutdown(self.ctx)
+            if getattr(self, "_peer_failed", False):
+                leave_broken_group()  # no closing barrier: a peer is gone
+            else:
+                shutdown(self.ctx)
+
+    # -- checkpoints and faults (atjt_dist/checkpoint.py, atjt_dist/faults.py) ----------------
+
+    def _init_checkpoints(self) -> None:
+        """Set up checkpoints and fault watching, and resume when asked to (--resume) or when
+        torchrun restarted the workers: from the run directory's newest undamaged checkpoint."""
+        from .models.s3rec import dataset_fingerprint
+
+        self.hooks = FaultHooks.from_env()
+        self.loss_monitor = LossMonitor(self.ctx.device)
+        self._peer_failed = False
+        self._saved_step: Optional[int] = None
+        self.checkpoints = Checkpoints(self.run_dir, self.cfg, self.ctx.device, dataset_fingerprint(self.data.arrays), self.hooks)
+        restarts = elastic_restart_count()
+        if not (self.cfg.resume or restarts):
+            existing = self.checkpoints.committed()
+            if existing:
+                raise ConfigError(
+                    f"run directory {self.run_dir} already holds checkpoints (newest: {existing[0].name}); "
+                    "pass --resume to continue that run, or choose another --run-dir"
+                )
+            return
+        if restarts and not self.cfg.run_dir and self.ctx.is_main:
+            log.warning(
+                "torchrun restarted the workers (restart %d) without --run-dir: this attempt writes a new run "
+                "directory and starts from scratch; give --run-dir to resume restarted runs", restarts,
+            )
+        found = self.checkpoints.find_resumable()
+        if found is None:
+            if self.ctx.is_main:
+                log.info("resume: no usable checkpoint in %s; starting from scratch", self.checkpoints.root)
+            return
+        path, record = found
+        dense = self._dense_state_owner()
+        self.checkpoints.check_compatible(path, record, dense)
+        self.checkpoints.load(path, record, self.model, dense, self.cfg.seed)
+        self.step = self._saved_step = int(record["step"])
+        if self.ctx.is_main:
+            rewind_metrics(self.metrics_log.path, record.get("metrics_jsonl_bytes"))
+            log.info(
+                "resumed from %s: step %d/%d (phase %s, epoch %s), saved by %d process(es), now %d%s",
+                path, self.step, self.total_steps(), record.get("phase"), record.get("epoch"), record["world_size"],
+                self.ctx.world, "" if record["world_size"] == self.ctx.world else " (tables resharded; dropout generators reseeded)",
+            )
+
+    def _dense_state_owner(self):
+        """What holds the dense optimiser's state: a DeepSpeed engine when the dense backend has
+        one (``self.dense_engine``), else the torch optimiser (see checkpoint.dense_optimizer_state)."""
+        engine = getattr(self, "dense_engine", None)
+        return engine if engine is not None else self.dense_optimizer
+
+    def _checkpoint_due(self, total: int) -> bool:
+        """A checkpoint every checkpoint.every steps; the one at the end is saved after the loop."""
+        every = self.cfg.checkpoint.every
+        return every > 0 and self.step % every == 0 and self.step != total
+
+    def save_checkpoint(self, plan: StepPlan) -> Path:
+        """Checkpoint the state after ``self.step`` steps (``plan``: the last step), atomically;
+        raises NonFiniteLossError instead if a loss was not finite since the last check."""
+        self._check_finite()
+        metrics_path = self.metrics_log.path
+        info = {
+            "total_steps": self.total_steps(),
+            "phase": plan.phase,
+            "stage": plan.stage,
+            "epoch": plan.epoch,
+            "metrics_jsonl_bytes": metrics_path.stat().st_size if metrics_path.is_file() else None,
+        }
+        path = self.checkpoints.save(self.step, self.model, self._dense_state_owner(), info)
+        self._saved_step = self.step
+        return path
+
+    def _watch_losses(self, losses: Losses) -> None:
+        """Note on the device whether this step's losses were finite (no host sync)."""
+        self.hooks.poison(self.step, losses.stats)
+        self.loss_monitor.observe(self.step - 1, losses.stats)
+
+    def _check_finite(self) -> None:
+        """Raise NonFiniteLossError naming the first step whose losses were not finite (a
+        collective: called at log lines and checkpoints, on every rank)."""
+        found = self.loss_monitor.first_bad()
+        if found is None:
+            return
+        step, bad = found
+        plan = next(p for p in self.schedule.steps() if p.step == step)
+        good = self.checkpoints.committed()
+        raise NonFiniteLossError(
+            f"non-finite {' and '.join(bad)} at step {step + 1}/{self.total_steps()} (phase {plan.phase}, "
+            f"{plan.stage}, epoch {plan.epoch}): {', '.join(f'{k}={v}' for k, v in bad.items())}; lower the "
+            f"learning rates or atjt.aux_weight. Nothing was saved after it; the last good checkpoint is "
+            f"{good[0] if good else 'none'}"
+        )
+
+    @contextlib.contextmanager
+    def fault_guard(self):
+        """Turn a failed collective (a peer died or stopped responding) into a one-line
+        PeerFailureError, and make close() skip the closing barrier."""
+        try:
+            yield
+        except Exception as exc:
+            failure = peer_failure(exc, self.step, self.cfg.dist.timeout_s)
+            if failure is None:
+                raise
+            self._peer_failed = True
+            log.error("%s", failure)
+            raise failure from exc

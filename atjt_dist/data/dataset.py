@@ -66,6 +66,7 @@ class BatchArrays:
     label: np.ndarray  # float32 [R]
     row_ids: np.ndarray  # int64 [R]
     neg_seq: Optional[np.ndarray] = None  # int32 [R, L]: next-item training's negatives
+    candidates: Optional[np.ndarray] = None  # int32 [R, C]: a user's test candidates (one row per user)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -340,13 +341,21 @@ class TrainingData:
         space = SampleSpace(users=picked, first_pos=np.asarray(positions, dtype=np.int64)[chosen], cum=np.arange(len(picked) + 1, dtype=np.int64))
         return self._windows(np.arange(len(picked), dtype=np.int64), space, idx, 1.0), valid
 
-    def test_batch(self, start: int, size: int) -> tuple[BatchArrays, np.ndarray]:
-        """This rank's rows of the test batch test_users[start:start+size] (from user_batches):
-        each test user x its stored candidates, user-major (user 0's C candidates, then user
-        1's ...), and the bool mask [users] of real users."""
+    def test_batch(self, start: int, size: int, expand: bool = True) -> tuple[BatchArrays, np.ndarray]:
+        """This rank's rows of the test batch test_users[start:start+size] (from user_batches)
+        and the bool mask [users] of real users.
+
+        ``expand``: one row per (user, candidate), user-major (user 0's C candidates, then user
+        1's ...), for models that score a (history, target) row; otherwise one row per user with
+        its candidates in ``candidates`` (column 0 = the positive), for models that encode a
+        history once and score every candidate from it.
+        """
         users = self.test_users
         b, valid = self.user_windows(users, self.lengths[users] - 1, start, size)
         cand = np.asarray(self.arrays.candidates)[b.user]  # [u, C]
+        if not expand:
+            b.candidates = cand
+            return b, valid
         C = cand.shape[1]
         rows = BatchArrays(
             user=np.repeat(b.user, C),

@@ -92,15 +92,26 @@ class SequentialRecommender(Recommender):
         """Output vectors [..., H] of items from their item embeddings [..., D]."""
         return items
 
+    def last_hidden(self, batch, embedded) -> torch.Tensor:
+        """[B, H]: the hidden state at each row's last valid position (0 for an empty history)."""
+        h = self.encode(batch, embedded)
+        last = (batch.lengths - 1).clamp_min(0)
+        h_last = h[torch.arange(h.shape[0], device=h.device), last]
+        return h_last * (batch.lengths > 0).to(h_last.dtype)[:, None]
+
     def forward(self, batch) -> torch.Tensor:
         from .batch import embed
 
         e = embed(self.embeddings, batch)
-        h = self.encode(batch, e)
-        last = (batch.lengths - 1).clamp_min(0)
-        h_last = h[torch.arange(h.shape[0], device=h.device), last]
-        h_last = h_last * (batch.lengths > 0).to(h_last.dtype)[:, None]
-        return (h_last * self.item_vectors(e.target)).sum(-1)
+        return (self.last_hidden(batch, e) * self.item_vectors(e.target)).sum(-1)
+
+    def score_candidates(self, batch) -> torch.Tensor:
+        """[B, C]: scores of ``batch.candidates`` after each row's history, from one encoding
+        per row (what ``forward`` gives each candidate as a target, C times cheaper)."""
+        from .batch import embed
+
+        e = embed(self.embeddings, batch)
+        return (self.last_hidden(batch, e)[:, None, :] * self.item_vectors(e.neg)).sum(-1)
 
     def sequence_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(positive logits, negative logits), each [B, L]; only positions < lengths are valid."""

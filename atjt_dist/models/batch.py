@@ -5,7 +5,8 @@ through one TorchRec ``EmbeddingCollection`` with three tables:
 
 - ``item``: rows 0..num_items (row 0 is padding and never looked up), shared by the features
   ``hist_item`` (the history, jagged), ``target_item`` (one per row) and ``neg_item`` (the
-  sampled negative of every history position, only in next-item training; empty otherwise);
+  sampled negative of every history position in next-item training, or the row's candidates
+  when a sequential model is evaluated; empty otherwise);
 - ``category``: rows 0..num_categories (0 = "no category"), features ``hist_cat``/``target_cat``;
 - ``user``: rows 0..num_users-1, feature ``user``.
 
@@ -42,6 +43,8 @@ class SequenceBatch:
     label: torch.Tensor  # float32 [B]
     #: next-item training only: a sampled negative for every history position (0 at padding)
     neg_seq: Optional[torch.Tensor] = None  # int64 [B, L]
+    #: evaluation of sequential models: the row's candidate items, scored from one encoding
+    candidates: Optional[torch.Tensor] = None  # int64 [B, C]
 
     @classmethod
     def from_arrays(cls, arrays) -> "SequenceBatch":
@@ -56,6 +59,7 @@ class SequenceBatch:
             target_cat=t(arrays.target_cat),
             label=torch.from_numpy(np.ascontiguousarray(arrays.label)).float(),
             neg_seq=t(arrays.neg_seq) if getattr(arrays, "neg_seq", None) is not None else None,
+            candidates=t(arrays.candidates) if getattr(arrays, "candidates", None) is not None else None,
         )
 
     def __len__(self) -> int:
@@ -102,8 +106,13 @@ class SequenceBatch:
         """The sparse features as one KeyedJaggedTensor (keys in FEATURES order)."""
         mask = self.mask
         ones = torch.ones_like(self.lengths)
+        if self.neg_seq is not None and self.candidates is not None:
+            raise ValueError("a batch carries either next-item negatives or candidates, not both")
         if self.neg_seq is not None:
             neg_values, neg_lengths = self.neg_seq[mask], self.lengths
+        elif self.candidates is not None:
+            neg_values = self.candidates.reshape(-1)
+            neg_lengths = torch.full_like(self.lengths, self.candidates.shape[1])
         else:
             neg_values, neg_lengths = self.hist.new_zeros(0), torch.zeros_like(self.lengths)
         values = torch.cat([self.user, self.hist[mask], self.target, neg_values, self.hist_cat[mask], self.target_cat])
@@ -128,8 +137,8 @@ def make_embedding_collection(tables: list[EmbeddingConfig], device: torch.devic
 @dataclass
 class Embedded:
     """A batch's embeddings: user [B, D], history [B, L, D] (0 at padding), target [B, D],
-    history categories [B, L, D], target category [B, D], the history mask [B, L], and in
-    next-item training the negatives of every position [B, L, D] (else None)."""
+    history categories [B, L, D], target category [B, D], the history mask [B, L], and the
+    ``neg_item`` lookups: next-item negatives [B, L, D] or candidates [B, C, D] (else None)."""
 
     user: torch.Tensor
     hist: torch.Tensor
@@ -173,5 +182,9 @@ def embed(ec: torch.nn.Module, batch: SequenceBatch) -> Embedded:
         hist_cat=padded("hist_cat"),
         target_cat=single("target_cat"),
         mask=batch.mask,
-        neg=padded("neg_item") if batch.neg_seq is not None else None,
+        neg=(
+            padded("neg_item") if batch.neg_seq is not None
+            else out["neg_item"].to_padded_dense(desired_length=batch.candidates.shape[1], padding_value=0.0).to(dtype)
+            if batch.candidates is not None else None
+        ),
     )

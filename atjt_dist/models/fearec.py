@@ -227,14 +227,11 @@ class FEARec(SequentialRecommender):
         h = h * (t[None, :] < batch.lengths[:, None])[..., None].to(h.dtype)
         return h[:, :W] if W <= L else F.pad(h, (0, 0, 0, W - L))
 
-    def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        """The score of each row's target: what the base class computes from :meth:`encode` at
-        the last position, with one encoder pass per row instead of one per prefix."""
-        e = embed(self.embeddings, batch)
-        self._remember(batch, e)
-        h = self.represent(self._fit(e.hist), batch.lengths)
-        h = h * (batch.lengths > 0)[:, None].to(h.dtype)
-        return (h * self.item_vectors(e.target)).sum(-1)
+    def last_hidden(self, batch: SequenceBatch, embedded: Embedded) -> torch.Tensor:
+        """The representation at the last position: one encoder pass per row (not per prefix)."""
+        self._remember(batch, embedded)
+        h = self.represent(self._fit(embedded.hist), batch.lengths)
+        return h * (batch.lengths > 0)[:, None].to(h.dtype)
 
     # -- the regulariser --------------------------------------------------------------------
 
