@@ -85,8 +85,12 @@ def _main(argv: list[str]) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
+    seed_args = _pop_list(argv, "--seeds", [])
     base_cfg: Config = build_config(argv)
-    seeds = [int(s) for s in _pop_list(argv, "--seeds", [str(base_cfg.seed)])]
+    try:
+        seeds = [int(s) for s in seed_args] or [base_cfg.seed]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers, got {','.join(seed_args)}") from None
     ctx = init_distributed(base_cfg.dist)
     root = choose_run_dir(base_cfg.run_dir, base_cfg.model.name, "compare")
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
