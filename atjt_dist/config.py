@@ -51,7 +51,9 @@ class SyntheticConfig:
     history replaced by planted noise, whose ground truth is stored with the dataset.
     """
 
-    users: int = knob(20000, "Number of users to generate.")
+    folds: typing.ClassVar[int] = 5  # the k-fold split written with the dataset (not a knob)
+
+    users: int = knob(100000, "Number of users to generate.")
     items: int = knob(2000, "Number of items to generate (at least 128: test candidates need 63 free items).")
     clusters: int = knob(20, "Number of item clusters (they are the items' categories).")
     taste_clusters: int = knob(3, "Clusters in a user's taste (a sparse mixture with random weights).")
@@ -75,6 +77,17 @@ class SyntheticConfig:
         "random",
         "Planted noise: 'random' items drawn uniformly, 'popular' items drawn by popularity, "
         "or 'foreign' a burst of consecutive items of another user's sequence (shared accounts).",
+    )
+    noise_in_targets: bool = knob(
+        True,
+        "Noise may also replace a noisy user's last item (its training target in the paper "
+        "protocol: a false-positive sample); false = histories only, the last item is never "
+        "replaced (use false with data.split=loo, whose test positives are the last items).",
+    )
+    clean_test_fold: Optional[int] = knob(
+        0,
+        "Users of this k-fold fold (0..4; the data.fold whose users are tested) get no noise, so "
+        "test metrics measure true preferences; null = every user may be noisy.",
     )
     seed: int = knob(0, "Generator seed: the same config (seed included) gives identical arrays.")
     cache_dir: Optional[str] = knob(
@@ -111,6 +124,10 @@ class SyntheticConfig:
                 raise ConfigError(f"{name(f)} must be in [0, 1], got {getattr(self, f)}")
         if not 0.0 <= self.zipf_exponent <= 10.0:
             raise ConfigError(f"{name('zipf_exponent')} must be in [0, 10], got {self.zipf_exponent}")
+        if self.clean_test_fold is not None and not 0 <= self.clean_test_fold < self.folds:
+            raise ConfigError(
+                f"{name('clean_test_fold')} must be a fold in 0..{self.folds - 1} or null, got {self.clean_test_fold}"
+            )
 
 
 @dataclass
@@ -492,17 +509,102 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """What a run records besides metrics.jsonl (atjt_dist.runlog; plotted by atjt_dist.report)."""
+
+    tensorboard: bool = knob(
+        True,
+        "Also write the records as TensorBoard event files in the run directory (rank 0; needs "
+        "the viz extra: pip install 'atjt-dist[viz]'). Without TensorBoard installed: a warning, "
+        "and metrics.jsonl only.",
+    )
+    weight_hist_bins: int = knob(
+        20,
+        "Bins over [0, 1] of the weight histograms: each phase's P(clean) on corrupted vs clean "
+        "recogniser rows and on planted-noise vs clean users ('weight_hist' records), and the "
+        "final per-user weights ('user_weights').",
+    )
+    user_weights: bool = knob(
+        True,
+        "After training a run with a recogniser, score every training user with the recogniser "
+        "that did not train on it and write RUN_DIR/weights.parquet (user, weight, and the "
+        "planted-noise ground truth where the dataset has one).",
+    )
+
+
+@dataclass
 class DistConfig:
-    """Processes, devices and sharding."""
+    """Processes, devices, sharding of the embedding tables, and the dense parameters' backend."""
 
     backend: Literal["auto", "gloo", "nccl"] = knob("auto", "Process-group backend; auto = nccl on CUDA, gloo on CPU.")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "Device; auto = cuda when available.")
     sharding: str = knob(
         "auto",
-        "Sharding type for every embedding table: auto (TorchRec's planner), data_parallel, "
-        "table_wise, row_wise, column_wise or table_row_wise.",
+        "Sharding type of every embedding table (recommender and recognisers): auto (TorchRec's "
+        "planner chooses per table for this machine's topology), data_parallel, table_wise, "
+        "row_wise, column_wise or table_row_wise.",
+    )
+    table_sharding: dict[str, str] = knob(
+        {},
+        "Per-table sharding types overriding dist.sharding, e.g. {rec_item: row_wise, rg0_user: "
+        "table_wise} (on the command line also rec_item=row_wise,rg0_user=table_wise). Tables are "
+        "<prefix>_item, <prefix>_category and <prefix>_user with prefixes rec (the recommender), "
+        "rg0, rg1, ... (the recognisers), plus model-specific ones (e.g. rec_wide_*); unknown "
+        "names are an error that lists the model's tables.",
+    )
+    dense: Literal["ddp", "deepspeed"] = knob(
+        "ddp",
+        "Backend of the dense (non-table) parameters: ddp = TorchRec's DistributedDataParallel "
+        "with torch Adagrad; deepspeed = a DeepSpeed ZeRO engine with the same Adagrad (the "
+        "tables' fused optimiser stays in TorchRec either way).",
+    )
+    zero_stage: int = knob(
+        1,
+        "DeepSpeed ZeRO stage with dist.dense=deepspeed: 1 partitions the optimiser state, 2 also "
+        "the gradients (0 = plain data parallelism). Ignored when dist.deepspeed_config is given.",
+    )
+    deepspeed_config: Optional[str] = knob(
+        None,
+        "A DeepSpeed JSON config file to use instead of the generated one (dist.dense=deepspeed). "
+        "Missing batch-size keys are filled in, gradient_clipping defaults to 0.0 (DeepSpeed's own "
+        "default, 1.0, would silently clip), fp16/bf16 are refused (the model trains in fp32).",
+    )
+    pipeline: bool = knob(
+        False,
+        "CUDA only: build and copy the next step's batches to the GPU (pinned memory, side stream) "
+        "while the current step runs. Ignored on CPU.",
     )
     timeout_s: float = knob(600.0, "Collective timeout: a dead peer ends the run after at most this.")
+
+    def check(self, key: Any = None) -> None:  # noqa: ARG002 - the sections' interface
+        """Value checks that need no model (table names are checked when the model is sharded)."""
+        kinds = ("auto", "data_parallel", "table_wise", "row_wise", "column_wise", "table_row_wise")
+        for name, kind in [("dist.sharding", self.sharding)] + [(f"dist.table_sharding.{t}", k) for t, k in self.table_sharding.items()]:
+            if kind not in kinds:
+                raise ConfigError(f"config key '{name}': expected one of {', '.join(kinds)}, got {kind!r}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(
+                f"config key 'dist.zero_stage' must be 0, 1 or 2, got {self.zero_stage} (stage 3 partitions "
+                "the parameters themselves, which the sharded model's forward cannot gather)"
+            )
+        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
+            raise ConfigError(f"config key 'dist.deepspeed_config': file {self.deepspeed_config} does not exist")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints of the whole training state in RUN_DIR/checkpoints (atjt_dist/checkpoint.py)."""
+
+    every: int = knob(
+        1000,
+        "Save a checkpoint every this many training steps; 0 = only at the end of training (a "
+        "checkpoint is always saved at the end). A step that saves one also ends a log window.",
+    )
+    keep: int = knob(
+        2,
+        "Keep the newest this many complete checkpoints; older ones are deleted once a new one is "
+        "committed. 2 or more lets a resume fall back to the previous one when the newest is damaged.",
+    )
 
 
 @dataclass
@@ -511,13 +613,21 @@ class Config:
 
     seed: int = knob(42, "Seed of everything: same config + seed = same result.")
     run_dir: Optional[str] = knob(None, "Run directory (default runs/<time>-<model>-<method>).")
+    resume: bool = knob(
+        False,
+        "Continue the run in run_dir from its newest complete, undamaged checkpoint (with none, "
+        "start from scratch and say so in the log). Implied when torchrun restarts the workers "
+        "(--max-restarts). Without it, a run_dir that already holds checkpoints is refused.",
+    )
     data: DataConfig = knob(DataConfig(), "Dataset and sample construction.")
     model: ModelConfig = knob(ModelConfig(), "Base recommender.")
     atjt: ATJTConfig = knob(ATJTConfig(), "ATJT.")
     objective: ObjectiveConfig = knob(ObjectiveConfig(), "The training objective (bce, atjt, tce, rce).")
     train: TrainConfig = knob(TrainConfig(), "Optimisation and loop.")
     eval: EvalConfig = knob(EvalConfig(), "Evaluation.")
+    log: LogConfig = knob(LogConfig(), "Run records: TensorBoard, weight histograms, per-user weights.")
     dist: DistConfig = knob(DistConfig(), "Distribution.")
+    checkpoint: CheckpointConfig = knob(CheckpointConfig(), "Checkpoints and resuming.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,6 +643,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"mapping of {_type_name(k)} to {_type_name(v)}"
     if dataclasses.is_dataclass(tp):
         return f"a mapping of {tp.__name__} fields"
     return getattr(tp, "__name__", str(tp))
@@ -565,6 +678,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):  # "--x.y=a=1,b=2" (or a:1) on the command line
+            pairs = [v.replace(":", "=", 1) if "=" not in v else v for v in value.split(",") if v.strip()]
+            if not all("=" in v for v in pairs):
+                raise bad
+            value = {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+        if not isinstance(value, dict):
+            raise bad
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
@@ -743,6 +866,7 @@ def validate(cfg: Config) -> None:
         "model.embedding_dim": cfg.model.embedding_dim,
         "eval.k": cfg.eval.k,
         "eval.batch_users": cfg.eval.batch_users,
+        "log.weight_hist_bins": cfg.log.weight_hist_bins,
     }
     for key, value in positive.items():
         if value < 1:
@@ -761,17 +885,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise ConfigError(f"config key 'train.max_steps' must be >= 1 or null, got {cfg.train.max_steps}")
+    if cfg.checkpoint.every < 0:
+        raise ConfigError(f"config key 'checkpoint.every' must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
+    if cfg.checkpoint.keep < 1:
+        raise ConfigError(f"config key 'checkpoint.keep' must be >= 1, got {cfg.checkpoint.keep}")
+    if cfg.resume and not cfg.run_dir:
+        raise ConfigError("--resume continues the run in --run-dir: give the run directory to resume")
     for key, value in {"model.dropout": cfg.model.dropout, "atjt.recognizer.dropout": cfg.atjt.recognizer.dropout}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
     cfg.data.synthetic.check()
     for section in (cfg.model.dcn, cfg.model.wide_deep, cfg.model.sasrec, cfg.model.fearec, cfg.model.s3rec):
         section.check()
-    sharding = {"auto", "data_parallel", "table_wise", "row_wise", "column_wise", "table_row_wise"}
-    if cfg.dist.sharding not in sharding:
-        raise ConfigError(
-            f"config key 'dist.sharding': expected one of {', '.join(sorted(sharding))}, got {cfg.dist.sharding!r}"
-        )
+    cfg.dist.check()
 
 
 # --------------------------------------------------------------------------------------------

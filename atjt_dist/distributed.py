@@ -1,10 +1,31 @@
 """Process group, device, sharding plan and the DistributedModelParallel wrap.
 
-One code path for one process and for many: without torchrun, a single-process gloo group is
-created so the model is still wrapped by DistributedModelParallel (world size 1). Embedding
-tables are sharded by TorchRec's planner (or a sharding type forced in config); their optimiser
-runs fused in the backward pass (FBGEMM), configured per table through
-``apply_optimizer_in_backward``. Dense parameters are replicated with DDP.
+One code path for one process and for many: without a launcher, a single-process gloo group is
+created so the model is still wrapped by DistributedModelParallel (world size 1). Launchers:
+torchrun, and the deepspeed launcher (``deepspeed --num_nodes 1 --num_gpus N --no_local_rank
+--module atjt_dist.train ...``; on CPU with ``DS_ACCELERATOR=cpu``): both set RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT, read through the env:// rendezvous.
+
+Sharding. Every EmbeddingCollection table, the recommender's and the recognisers' alike, gets a
+sharding type: ``dist.table_sharding[name]``, else ``dist.sharding``; 'auto' lets TorchRec's
+planner choose for this topology (world size, ranks per host, device). The plan is printed on
+rank 0, one line per table (:class:`ShardingSummary`). Model-parallel tables (table-, row-,
+column-wise) are updated by FBGEMM's fused Adagrad inside the backward pass, configured per
+table through ``apply_optimizer_in_backward`` (optim.py); data-parallel tables are replicated
+tensors that TorchRec all-reduces with its own DDP and the dense backend's Adagrad updates.
+Two gaps in TorchRec 1.8 / fbgemm-gpu-cpu 1.8 are closed here:
+
+- data_parallel on CPU: FBGEMM's CPU dense lookup ignores pooling NONE and sums each bag, so a
+  sequence lookup returned [batch x features] rows and TorchRec's split by feature failed
+  (:func:`cpu_dense_lookup_pools`, :func:`fix_cpu_sequence_lookups`).
+- table_row_wise: TorchRec has no table-row-wise sharding for EmbeddingCollection (sequence)
+  tables on any device; on one host it is row-wise over the host's ranks, which is planned
+  (more hosts: a clear error; :func:`_planner_type`). column_wise asks the planner for shards of
+  about dim / world columns (:func:`_column_shard_dim`): its default keeps tables of dim < 128
+  in one piece, i.e. table-wise.
+
+Dense parameters: DMP's DDP (``dist.dense=ddp``), or none when a DeepSpeed engine owns them
+(``dist.dense=deepspeed``, optim.DeepSpeedAdagrad), which then reduces their gradients.
 
 Initial weights: every rank builds the same unsharded model from the same seed; after sharding,
 each rank copies its shards out of those full tensors (:func:`load_full_state`). On CPU the
@@ -15,9 +36,11 @@ sharded tables are not initialised from the unsharded module by TorchRec, and th
 from __future__ import annotations
 
 import datetime
+import functools
 import gc
 import logging
 import os
+import types
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +49,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import DistConfig
+from .faults import restart_safe_store
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +81,9 @@ def init_distributed(cfg: DistConfig) -> DistContext:
         raise RuntimeError("dist.device=cuda but CUDA is not available; use dist.device=auto or cpu")
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if want_cuda else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE (ranks on this host:
+    # the planner's topology, table_row_wise's host)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ.get("WORLD_SIZE", 1))))
     device = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
     if want_cuda:
         torch.cuda.set_device(device)
@@ -65,7 +91,9 @@ def init_distributed(cfg: DistConfig) -> DistContext:
     owns = False
     if not dist.is_initialized():
         if launched:
-            dist.init_process_group(backend=backend, timeout=timeout)
+            # under torchrun, a key space of this restart's own (faults.restart_safe_store)
+            store, rank, world = restart_safe_store(timeout)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         owns = True
@@ -98,21 +126,84 @@ def shutdown(ctx: Optional[DistContext]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _embedding_tables(module: nn.Module) -> list[str]:
+@dataclass(frozen=True)
+class TableInfo:
+    """An embedding table of the model: name, rows, dimension and the module holding it."""
+
+    name: str
+    rows: int
+    dim: int
+    module: str
+
+
+def embedding_tables(module: nn.Module) -> list[TableInfo]:
+    """Every EmbeddingCollection table of ``module`` (the recommender's and the recognisers')."""
     from torchrec import EmbeddingCollection
 
-    names = []
-    for m in module.modules():
+    tables = []
+    for path, m in module.named_modules():
         if isinstance(m, EmbeddingCollection):
-            names.extend(cfg.name for cfg in m.embedding_configs())
-    return names
+            tables.extend(TableInfo(c.name, c.num_embeddings, c.embedding_dim, path) for c in m.embedding_configs())
+    return tables
 
 
-def shard_model(module: nn.Module, ctx: DistContext, sharding: str = "auto"):
+def table_sharding_types(tables: list[TableInfo], default: str, overrides: dict[str, str]) -> dict[str, str]:
+    """Each table's requested sharding type ('auto' = the planner chooses).
+
+    ``overrides`` (dist.table_sharding) must name tables of the model: a typo would otherwise
+    silently leave a table on the default.
+    """
+    names = [t.name for t in tables]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(
+            f"dist.table_sharding names {', '.join(repr(u) for u in unknown)}, not tables of this model; "
+            f"its tables are: {', '.join(names)}"
+        )
+    for name, kind in [("dist.sharding", default)] + [(f"dist.table_sharding.{k}", v) for k, v in overrides.items()]:
+        if kind != "auto" and kind not in SHARDING_TYPES:
+            raise ValueError(f"{name}={kind!r}: expected auto or one of {', '.join(SHARDING_TYPES)}")
+    return {n: overrides.get(n, default) for n in names}
+
+
+def _planner_type(kind: str, ctx: DistContext) -> str:
+    """The sharding type the planner is asked for.
+
+    TorchRec implements table-row-wise sharding only for pooled (bag) tables: the
+    EmbeddingCollection sharder does not list it on any device and ShardedEmbeddingCollection
+    has no sequence table-row-wise sharding. Table-row-wise places a table on one host and
+    splits its rows over that host's ranks; on one host that is exactly row-wise over its ranks
+    (same shard sizes, same input and output distribution), which is what we plan. Across
+    hosts it has no TorchRec implementation for sequence tables, so it is refused.
+    """
+    if kind != "table_row_wise":
+        return kind
+    if ctx.world != ctx.local_world:
+        raise ValueError(
+            "dist.sharding=table_row_wise on several hosts: TorchRec has no table-row-wise sharding for "
+            "EmbeddingCollection (sequence) tables; use row_wise (rows over all ranks) or table_wise"
+        )
+    return "row_wise"
+
+
+def _column_shard_dim(dim: int, world: int) -> int:
+    """Smallest column-shard width asked of the planner for a column_wise table.
+
+    TorchRec's default (128 columns) leaves the small tables of these models (dim 8-64) in one
+    shard, i.e. table-wise; asking for about dim/world columns (at least 4, FBGEMM's
+    granularity) splits a requested column_wise table over up to ``world`` ranks.
+    """
+    return max(4, dim // max(world, 1))
+
+
+def shard_model(module: nn.Module, ctx: DistContext, cfg: DistConfig) -> tuple[nn.Module, "ShardingSummary"]:
     """Wrap ``module`` in DistributedModelParallel with a plan for every embedding table.
 
-    ``sharding``: 'auto' lets TorchRec's planner choose per table for this topology; any of
-    SHARDING_TYPES forces that type for every table. Returns (dmp, plan).
+    Each table's sharding type comes from ``cfg.table_sharding`` or else ``cfg.sharding``;
+    'auto' leaves the choice to TorchRec's planner for this topology (world size, ranks per
+    host, device type). With ``cfg.dense == 'deepspeed'`` DMP does not wrap the dense part in
+    DDP: the DeepSpeed engine reduces (and partitions) the dense gradients instead.
+    Returns (dmp, summary); ``str(summary)`` is the plan, one line per table.
     """
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -121,31 +212,145 @@ def shard_model(module: nn.Module, ctx: DistContext, sharding: str = "auto"):
     from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
     from torchrec.distributed.types import ShardingEnv
 
+    tables = embedding_tables(module)
+    requested = table_sharding_types(tables, cfg.sharding, cfg.table_sharding)
     env = ShardingEnv.from_process_group(dist.group.WORLD)
-    compute_device = ctx.device.type
     topology = TopologyFactory.create_topology(
         trainer_config=TrainerConfig(world_size=ctx.world, local_world_size=ctx.local_world),
-        kernel_config=KernelConfig(compute_device=compute_device),
+        kernel_config=KernelConfig(compute_device=ctx.device.type),
     )
-    constraints = None
-    if sharding != "auto":
-        if sharding not in SHARDING_TYPES:
-            raise ValueError(f"dist.sharding={sharding!r}: expected auto or one of {', '.join(SHARDING_TYPES)}")
-        constraints = {name: ParameterConstraints(sharding_types=[sharding]) for name in _embedding_tables(module)}
+    dims = {t.name: t.dim for t in tables}
+    constraints = {
+        name: ParameterConstraints(sharding_types=[_planner_type(kind, ctx)], min_partition=_column_shard_dim(dims[name], ctx.world) if kind == "column_wise" else None)
+        for name, kind in requested.items()
+        if kind != "auto"
+    }
     sharders = [EmbeddingCollectionSharder()]
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints or None)
     plan = planner.collective_plan(module, sharders, dist.group.WORLD)
-    dmp = DistributedModelParallel(
-        module,
-        env=env,
-        device=ctx.device,
-        plan=plan,
-        sharders=sharders,
+    if cfg.dense == "deepspeed":
+        wrap = dict(init_data_parallel=False)
+    else:
         # Every dense parameter takes part in every step (atjt.JointModel.idle_dense_parameters),
         # but which recogniser computes changes with the phase: no static graph.
-        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=False),
-    )
-    return dmp, plan
+        wrap = dict(data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=False))
+    dmp = DistributedModelParallel(module, env=env, device=ctx.device, plan=plan, sharders=sharders, **wrap)
+    if ctx.device.type == "cpu":
+        fix_cpu_sequence_lookups(dmp)
+    return dmp, ShardingSummary.from_plan(plan, tables, requested)
+
+
+@dataclass
+class ShardingSummary:
+    """The chosen plan, table by table (what rank 0 prints at start)."""
+
+    lines: list[str]
+    types: dict[str, str]  # table -> sharding type as planned
+    plan: object  # torchrec ShardingPlan
+
+    @classmethod
+    def from_plan(cls, plan, tables: list[TableInfo], requested: dict[str, str]) -> "ShardingSummary":
+        """One line per table, in the model's order: name, rows x dim, type, kernel, ranks,
+        shard sizes; e.g. ``rec_item  26745x8  row_wise  fused  ranks 0-1  shards 13373x8,13372x8``."""
+        info = {t.name: t for t in tables}
+        order = {t.name: i for i, t in enumerate(tables)}
+        entries = sorted(((n, ps) for mp in plan.plan.values() for n, ps in mp.items()), key=lambda e: order.get(e[0], len(order)))
+        width = max((len(n) for n, _ in entries), default=0)
+        lines, kinds = [], {}
+        for name, ps in entries:
+            kinds[name] = ps.sharding_type
+            t = info.get(name)
+            shape = f"{t.rows}x{t.dim}" if t is not None else "?"
+            ranks = sorted(set(ps.ranks or []))
+            line = f"{name:<{width}} {shape:>10}  {ps.sharding_type:<13} {ps.compute_kernel:<6} ranks {_ranges(ranks) if ranks else 'all'}"
+            shards = getattr(ps.sharding_spec, "shards", None) or []
+            if len(shards) > 1:
+                line += "  shards " + ",".join("x".join(map(str, sh.shard_sizes)) for sh in shards)
+            if requested.get(name) == "table_row_wise":
+                line += "  (table_row_wise: one host, rows over its ranks)"
+            elif requested.get(name) == "auto":
+                line += "  (planner's choice)"
+            lines.append(line)
+        return cls(lines, kinds, plan)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _ranges(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, i = [], 0
+    while i < len(ranks):
+        j = i
+        while j + 1 < len(ranks) and ranks[j + 1] == ranks[j] + 1:
+            j += 1
+        out.append(str(ranks[i]) if i == j else f"{ranks[i]}-{ranks[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+# -- data-parallel tables on CPU ---------------------------------------------------------------
+
+
+@functools.cache
+def cpu_dense_lookup_pools() -> bool:
+    """Whether FBGEMM's CPU dense table-batched lookup ignores PoolingMode.NONE.
+
+    TorchRec runs data-parallel EmbeddingCollection tables through FBGEMM's dense kernel
+    (``DenseTableBatchedEmbeddingBagsCodegen``, pooling NONE = one row per id). fbgemm-gpu-cpu
+    1.8's CPU implementation sums each bag instead, so a sequence lookup of n ids returns
+    [batch x features] pooled rows, and TorchRec's split of the output by feature lengths fails
+    (``split_with_sizes ... [1710, 128, 0, 1710, 128, 128]``: the history's 1710 ids came back as
+    128 sums). With one id per bag the sum is the id's row, which is why a single-id test passes.
+    A probe of two ids in one bag tells whether this build is affected.
+    """
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
+
+    probe = DenseTableBatchedEmbeddingBagsCodegen([(2, 4)], pooling_mode=PoolingMode.NONE, use_cpu=True)
+    with torch.no_grad():
+        out = probe(indices=torch.tensor([0, 1]), offsets=torch.tensor([0, 2]))
+    return out.numel() != 2 * 4
+
+
+def _sequence_lookup(self, indices: torch.Tensor, offsets: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: ARG001
+    """Unpooled lookup of a dense table batch: [len(indices), D], one row per id.
+
+    ``offsets`` delimit T x B bags (feature-major); feature f reads table feature_table_map[f],
+    whose rows start at ``hash_size_cumsum[f]`` in the flat weights (all tables of a sequence
+    group share one dimension D). Autograd gives the dense weights their (dense) gradient, as
+    the FBGEMM kernel does.
+    """
+    dims = self.D_offsets[1:] - self.D_offsets[:-1]
+    D = int(dims[0])
+    if not bool((dims == D).all()):
+        raise RuntimeError("sequence tables of one group must share their dimension")
+    T = dims.numel()
+    per_feature = (offsets[1:] - offsets[:-1]).view(T, -1).sum(1)
+    feature = torch.repeat_interleave(torch.arange(T, device=indices.device), per_feature)
+    rows = self.hash_size_cumsum[:-1][feature] + indices.long()
+    return self.weights.view(-1, D).index_select(0, rows)
+
+
+def fix_cpu_sequence_lookups(dmp: nn.Module) -> int:
+    """Give every unpooled CPU dense lookup of ``dmp`` a correct forward (see
+    :func:`cpu_dense_lookup_pools`); a no-op on FBGEMM builds without the bug. Returns the
+    number of lookups patched."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
+
+    if not cpu_dense_lookup_pools():
+        return 0
+    patched = 0
+    for sharded in dmp.modules():
+        # The lookups of a sharded collection sit in a plain list (data-parallel ones wrapped in
+        # TorchRec's own DDP), out of reach of ``modules()``.
+        for lookup in getattr(sharded, "_lookups", None) or []:
+            for m in lookup.modules():
+                if isinstance(m, DenseTableBatchedEmbeddingBagsCodegen) and m.pooling_mode == PoolingMode.NONE and m.weights.device.type == "cpu":
+                    m.forward = types.MethodType(_sequence_lookup, m)
+                    patched += 1
+    return patched
 
 
 @torch.no_grad()
@@ -176,8 +381,3 @@ def load_full_state(dmp: nn.Module, full_state: dict[str, torch.Tensor], prefix:
             dst.copy_(full)
         else:
             raise TypeError(f"cannot load {key}: unsupported state type {type(dst).__name__}")
-
-
-def plan_summary(plan) -> str:
-    """The sharding plan as text (printed on rank 0 at start)."""
-    return str(plan)

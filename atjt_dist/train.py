@@ -16,11 +16,12 @@ from .trainer import Trainer
 
 def _main(argv: list[str]) -> int:
     cfg = build_config(argv)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg)  # resumes from RUN_DIR/checkpoints with --resume or under a torchrun restart
     try:
-        trainer.train()
-        metrics = trainer.evaluate()
-        trainer.finish(metrics)
+        with trainer.fault_guard():  # a dead peer: one line and a non-zero exit, not a hang
+            trainer.train()
+            metrics = trainer.evaluate()
+            trainer.finish(metrics)
         if trainer.ctx.is_main:
             print(metrics_table({f"{cfg.model.name} {trainer.method}": metrics}, cfg.eval.k))
             print(f"run directory: {trainer.run_dir}")

@@ -26,10 +26,11 @@ from .checkpoint import Checkpoints, rewind_metrics
 from .config import Config, ConfigError, dump_yaml
 from .data.dataset import TrainingData
 from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
-from .faults import LossMonitor, NonFiniteLossError, FaultHooks, elastic_restart_count, leave_broken_group, peer_failure
+from .faults import FaultHooks, LossMonitor, NonFiniteLossError, elastic_restart_count, leave_broken_group, peer_failure
 from .collectives import global_sum
 from .metrics import CandidateMetrics, gather_binary_auc
 from .objective import Losses, compute_losses, objective_name
+from .prefetch import prefetch_plans, step_batches
 from .models import ModelSpec, SequentialRecommender
 from .models.batch import SequenceBatch
 from .optim import build_optimizers, learning_rate
@@ -170,16 +171,17 @@ class Trainer:
         total = self.schedule.total_steps()
         return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
 
-    def _batches(self, plan: StepPlan) -> tuple[Optional[SequenceBatch], Optional[SequenceBatch]]:
-        dev = self.ctx.device
+    def _batches(self, plan: StepPlan, device: Optional[torch.device] = None) -> tuple[Optional[SequenceBatch], Optional[SequenceBatch]]:
+        dev = self.ctx.device if device is None else device
         rec = None if plan.stage == RECOGNIZER_ONLY else SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(dev)
         aux_arrays = self.schedule.recognizer_batch(plan)
         aux = SequenceBatch.from_arrays(aux_arrays).to(dev) if aux_arrays is not None else None
         return rec, aux
 
-    def train_step(self, plan: StepPlan) -> tuple[Losses, dict, Optional[SequenceBatch], Optional[SequenceBatch]]:
-        """One optimisation step of the plan's batches; returns losses and outputs (on device)."""
-        rec, aux = self._batches(plan)
+    def train_step(self, plan: StepPlan, batches: Optional[tuple] = None) -> tuple[Losses, dict, Optional[SequenceBatch], Optional[SequenceBatch]]:
+        """One optimisation step of the plan's batches (built here unless prefetched onto the
+        device, dist.pipeline); returns losses and outputs (on device)."""
+        rec, aux = batches if batches is not None else self._batches(plan)
         out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)  # the DMP model (via DeepSpeed's engine)
         losses = compute_losses(out, rec, aux, self.cfg, plan.stage, plan.step)
         # Embedding tables update inside the backward (fused optimiser); the idle dense
@@ -198,14 +200,12 @@ class Trainer:
         last: Optional[StepPlan] = None
         bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
         self.model.train()
-        for plan in self.schedule.steps():
-            if plan.step < self.step:
-                continue
-            if plan.step >= total:
-                break
+        plans = prefetch_plans(self.schedule.steps(), self.step, total)
+        cpu = torch.device("cpu")
+        for plan, batches in step_batches(plans, lambda p: self._batches(p, cpu), self.ctx.device, cfg.dist.pipeline):
             if last is not None and (plan.phase, plan.stage) != (last.phase, last.stage):
                 self._end_phase(last, hist)
-            losses, out, rec, aux = self.train_step(plan)
+            losses, out, rec, aux = self.train_step(plan, batches)
             hist.observe(plan.epoch, out, rec, aux)
             last = plan
             self.step = plan.step + 1
@@ -380,7 +380,7 @@ class Trainer:
                 log.info("resume: no usable checkpoint in %s; starting from scratch", self.checkpoints.root)
             return
         path, record = found
-        dense = self._dense_state_owner()
+        dense = self.dense_optimizer  # the dense backend: checkpoint.dense_optimizer_state reads it
         self.checkpoints.check_compatible(path, record, dense)
         self.checkpoints.load(path, record, self.model, dense, self.cfg.seed)
         self.step = self._saved_step = int(record["step"])
@@ -391,12 +391,6 @@ class Trainer:
                 path, self.step, self.total_steps(), record.get("phase"), record.get("epoch"), record["world_size"],
                 self.ctx.world, "" if record["world_size"] == self.ctx.world else " (tables resharded; dropout generators reseeded)",
             )
-
-    def _dense_state_owner(self):
-        """What holds the dense optimiser's state: a DeepSpeed engine when the dense backend has
-        one (``self.dense_engine``), else the torch optimiser (see checkpoint.dense_optimizer_state)."""
-        engine = getattr(self, "dense_engine", None)
-        return engine if engine is not None else self.dense_optimizer
 
     def _checkpoint_due(self, total: int) -> bool:
         """A checkpoint every checkpoint.every steps; the one at the end is saved after the loop."""
@@ -415,7 +409,7 @@ class Trainer:
             "epoch": plan.epoch,
             "metrics_jsonl_bytes": metrics_path.stat().st_size if metrics_path.is_file() else None,
         }
-        path = self.checkpoints.save(self.step, self.model, self._dense_state_owner(), info)
+        path = self.checkpoints.save(self.step, self.model, self.dense_optimizer, info)
         self._saved_step = self.step
         return path
 
