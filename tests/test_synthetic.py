@@ -26,7 +26,9 @@ from atjt_dist.data.synthetic import (
     plant_noise,
 )
 
-SMALL = dict(users=1500, items=300, clusters=10, mean_length=20.0, min_length=5)
+# Small and fast; the noise settings are pinned so that the tests do not follow the defaults.
+SMALL = dict(users=1500, items=300, clusters=10, mean_length=20.0, min_length=5, noisy_user_share=0.3,
+             noisy_item_share=0.3, noise_kind="random", noise_in_targets=True, clean_test_fold=0)
 
 
 def small(**overrides) -> SyntheticConfig:
@@ -95,7 +97,14 @@ def test_written_dataset_has_the_common_schema(tmp_path, data):
     np.testing.assert_array_equal(ds.seq_offsets, data.seq_offsets)
     np.testing.assert_array_equal(ds.item_category, data.item_category)
     assert ds.item_category[0] == 0 and set(np.unique(ds.item_category[1:])) == set(range(1, cfg.clusters + 1))
-    np.testing.assert_array_equal(ds.candidates[:, 0], data.clean_items[data.seq_offsets[1:] - 1])
+    last = data.seq_offsets[1:] - 1
+    np.testing.assert_array_equal(ds.candidates[:, 0], data.seq_items[last])  # the written last item
+    np.testing.assert_array_equal(ds.fold, data.fold)  # the folds generate() kept clean are the stored ones
+    clean_fold = ds.fold == cfg.clean_test_fold
+    np.testing.assert_array_equal(ds.candidates[clean_fold, 0], data.clean_items[last][clean_fold])
+    assert ds.meta["noise"]["clean_test_fold"] == cfg.clean_test_fold
+    planted_last = data.noise["position"] == lengths_of(data)[data.noise["user"]] - 1
+    assert ds.meta["noise"]["planted_last_items"] == planted_last.sum() > 0
     np.testing.assert_array_equal(np.flatnonzero(ds.noise_users), np.unique(data.noise["user"]))
     noise = pq.read_table(out / "noise.parquet")
     assert noise.column_names == ["user", "position", "original_item", "planted_item"]
@@ -115,15 +124,55 @@ def test_ground_truth_is_exactly_the_difference(data):
     np.testing.assert_array_equal(truth["planted_item"], data.seq_items[flat])
 
 
+@pytest.mark.parametrize("in_targets", [True, False])
 @pytest.mark.parametrize("user_share,item_share", [(0.3, 0.3), (0.1, 0.6), (1.0, 0.05), (0.5, 1.0)])
-def test_shares_are_as_configured(user_share, item_share):
-    d = generate(small(noisy_user_share=user_share, noisy_item_share=item_share))
+def test_shares_are_as_configured(user_share, item_share, in_targets):
+    d = generate(small(noisy_user_share=user_share, noisy_item_share=item_share, noise_in_targets=in_targets))
     users, counts = np.unique(d.noise["user"], return_counts=True)
-    assert len(users) == int(np.floor(user_share * 1500 + 0.5))
-    history = lengths_of(d)[users] - 1
-    expected = np.maximum(1, np.floor(item_share * history + 0.5))
-    np.testing.assert_array_equal(counts, np.minimum(expected, history))
-    assert abs(counts.sum() / history.sum() - item_share) < 0.02 + 0.5 / history.mean()
+    eligible = np.sum(d.fold != 0)  # the clean test fold's users are never drawn
+    assert eligible == 1200 and len(users) == int(np.floor(user_share * eligible + 0.5))
+    span = lengths_of(d)[users] - (0 if in_targets else 1)  # replaceable positions
+    expected = np.maximum(1, np.floor(item_share * span + 0.5))
+    np.testing.assert_array_equal(counts, np.minimum(expected, span))
+    assert abs(counts.sum() / span.sum() - item_share) < 0.02 + 0.5 / span.mean()
+
+
+@pytest.mark.parametrize("fold", [0, 3])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_the_clean_test_fold_is_never_noisy(tmp_path, fold, seed):
+    cfg = small(noisy_user_share=1.0, clean_test_fold=fold, seed=seed)
+    d = generate(cfg)
+    ds = open_arrays(synthetic.write(cfg, tmp_path / "ds"))
+    np.testing.assert_array_equal(ds.fold, d.fold)  # the stored folds (seeded by cfg.seed)
+    clean = ds.fold == fold
+    assert clean.sum() == 300 and not ds.noise_users[clean].any()
+    assert ds.noise_users[~clean].all()  # user_share = 1: every other user is noisy
+    flat_clean = np.repeat(clean, lengths_of(d))
+    np.testing.assert_array_equal(d.seq_items[flat_clean], d.clean_items[flat_clean])
+
+
+def test_without_a_clean_fold_every_fold_gets_noise():
+    d = generate(small(clean_test_fold=None))
+    users = np.unique(d.noise["user"])
+    assert len(users) == int(np.floor(0.3 * 1500 + 0.5))
+    assert np.all(np.bincount(d.fold[users], minlength=5) > 50)
+
+
+def test_noise_in_targets_replaces_last_items_and_the_truth_says_so(data):
+    # data: the defaults (noise_in_targets on, item_share 0.3): about 30% of noisy users' last items.
+    last = data.seq_offsets[1:] - 1
+    replaced = np.flatnonzero(data.seq_items[last] != data.clean_items[last])
+    noisy_users = np.unique(data.noise["user"])
+    assert 0.2 < len(replaced) / len(noisy_users) < 0.4
+    at_last = data.noise["position"] == lengths_of(data)[data.noise["user"]] - 1
+    np.testing.assert_array_equal(data.noise["user"][at_last], replaced)
+    np.testing.assert_array_equal(data.noise["original_item"][at_last], data.clean_items[last[replaced]])
+    np.testing.assert_array_equal(data.noise["planted_item"][at_last], data.seq_items[last[replaced]])
+    # A planted target is a false positive: not the user's own item, rarely in its clusters.
+    cat = data.item_category
+    own = [set(cat[user_items(data, u)[:-1]]) for u in replaced[:300]]
+    off = np.mean([cat[data.seq_items[last[u]]] not in c for u, c in zip(replaced[:300], own)])
+    assert off > 0.6, off
 
 
 @pytest.mark.parametrize("overrides", [dict(noisy_user_share=0.0), dict(noisy_item_share=0.0)])
@@ -134,13 +183,26 @@ def test_zero_share_plants_nothing(overrides):
 
 
 @pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
-def test_last_item_is_never_replaced(kind):
-    # Even when every history item is replaced, the test positive stays the true last item.
-    d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind))
+def test_without_noise_in_targets_the_last_item_is_never_replaced(kind):
+    # Even when every other item is replaced, the last item (the leave-one-out test positive)
+    # stays the true one; the second-to-last (the leave-one-out training target) is replaced.
+    d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind, noise_in_targets=False,
+                       clean_test_fold=None))
     last = d.seq_offsets[1:] - 1
     np.testing.assert_array_equal(d.seq_items[last], d.clean_items[last])
     assert np.all(d.noise["position"] < lengths_of(d)[d.noise["user"]] - 1)
     assert len(d.noise["user"]) == (lengths_of(d) - 1).sum()  # ...and all others were
+    assert np.all(d.seq_items[last - 1] != d.clean_items[last - 1])
+
+
+@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+def test_with_noise_in_targets_every_item_of_a_noisy_user_can_be_replaced(kind):
+    d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind))
+    noisy = d.fold != 0
+    assert len(d.noise["user"]) == lengths_of(d)[noisy].sum()
+    last = d.seq_offsets[1:] - 1
+    assert np.all(d.seq_items[last][noisy] != d.clean_items[last][noisy])
+    np.testing.assert_array_equal(d.seq_items[last][~noisy], d.clean_items[last][~noisy])
 
 
 @pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
@@ -304,6 +366,21 @@ def test_plant_noise_on_a_csr_dataset_respects_eligibility(kind):
     assert not np.array_equal(other, new)
 
 
+@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+def test_plant_noise_include_last(kind):
+    items, offsets, popularity = tiny_csr()
+    lengths = np.diff(offsets)
+    args = dict(user_share=1.0, item_share=1.0, kind=kind, seed=3)
+    new, truth = plant_noise(items, offsets, 100, popularity, include_last=True, **args)
+    assert len(truth["user"]) == lengths[1:].sum()  # every item of every user with a history
+    np.testing.assert_array_equal(np.flatnonzero(new != items), offsets[truth["user"]] + truth["position"])
+    last = offsets[1:] - 1
+    assert np.all(new[last[1:]] != items[last[1:]]) and new[last[0]] == items[last[0]]  # user 0: 1 item
+    new, truth = plant_noise(items, offsets, 100, popularity, include_last=False, **args)
+    np.testing.assert_array_equal(new[last], items[last])
+    assert len(truth["user"]) == (lengths[1:] - 1).sum()
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -337,6 +414,12 @@ def test_defaults_are_valid_and_bad_values_name_the_key():
         SyntheticConfig(clusters=2, taste_clusters=3).check()
     with pytest.raises(ConfigError, match="mean_length"):
         SyntheticConfig(mean_length=float("nan")).check()
+    with pytest.raises(ConfigError, match="data.synthetic.clean_test_fold"):
+        build_config(["--data.synthetic.clean_test_fold=5"])
+    with pytest.raises(ConfigError, match="data.synthetic.noise_in_targets"):
+        build_config(["--data.synthetic.noise_in_targets=sometimes"])
+    cfg = build_config(["--data.synthetic.clean_test_fold=null", "--data.synthetic.noise_in_targets=false"])
+    assert cfg.data.synthetic.clean_test_fold is None and cfg.data.synthetic.noise_in_targets is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +434,16 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out)
     ds = open_arrays(out)
     assert ds.meta["generator"]["noise_kind"] == "foreign"
-    assert ds.num_users == 300 and ds.noise_users.sum() == 150
+    assert ds.num_users == 300 and ds.noise_users.sum() == 120  # half of the 240 users outside fold 0
+
+
+def test_cli_parses_booleans_and_none(tmp_path):
+    out = tmp_path / "ds"
+    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-in-targets", "false",
+                 "--clean-test-fold", "none"]) == 0
+    ds = open_arrays(out)
+    assert ds.meta["generator"]["noise_in_targets"] is False and ds.meta["generator"]["clean_test_fold"] is None
+    assert ds.noise_users[ds.fold == 0].any()
 
 
 def test_cli_every_config_field_is_an_option():
@@ -369,6 +461,8 @@ def test_cli_every_config_field_is_an_option():
         ["--bogus"],
         ["--mean-length", "nan"],
         ["--items", "50"],
+        ["--noise-in-targets", "maybe"],
+        ["--clean-test-fold", "5"],
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv):
@@ -493,5 +587,7 @@ def test_ml20m_sized_generation():
     d = generate(cfg)
     assert abs(len(d.seq_items) - 20_000_263) < 0.01 * 20_000_263
     assert lengths_of(d).min() >= 20 and lengths_of(d).max() <= 26_744 // 2
-    assert len(np.unique(d.noise["user"])) == int(np.floor(0.3 * 138_493 + 0.5))
+    eligible = np.sum(d.fold != cfg.clean_test_fold)
+    assert len(np.unique(d.noise["user"])) == int(np.floor(cfg.noisy_user_share * eligible + 0.5))
+    assert not np.isin(d.noise["user"], np.flatnonzero(d.fold == cfg.clean_test_fold)).any()
     assert d.seq_items.min() >= 1 and d.seq_items.max() <= 26_744

@@ -78,14 +78,14 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import ConfigError, SyntheticConfig
-from .layout import DatasetError, prepare_output_dir, read_meta, write_dataset
+from .layout import DatasetError, assign_folds, prepare_output_dir, read_meta, write_dataset
 from .rng import next_below, next_float, row_state, stream_key
 from .sampling import build_alias, permutation
 
 log = logging.getLogger(__name__)
 
 # Bump when the generator's output for a given config changes: cached datasets are keyed by it.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NOISE_KINDS = ("random", "popular", "foreign")
 _KIND_CODE = {k: i for i, k in enumerate(NOISE_KINDS)}
 _MAX_REJECTIONS = 32  # Zipf / alias draws before a deterministic scan for a free item
@@ -102,6 +102,7 @@ class SyntheticData:
     seq_times: np.ndarray  # int64 [N]: increasing per user
     item_category: np.ndarray  # int32 [M + 1]: cluster 1..C of each item, 0 for padding
     noise: dict[str, np.ndarray]  # ground truth: user, position, original_item, planted_item
+    fold: np.ndarray  # int8 [U]: the k-fold fold of each user, as the dataset stores it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +456,9 @@ def _foreign_items(state, u, seq_items, seq_offsets, owned, k, out):
 
 
 @numba.njit(cache=True)
-def _plant_user(state, u, kind, seq_items, seq_offsets, prob, alias, num_items, out_items, positions, original, planted):
+def _plant_user(
+    state, u, kind, include_last, seq_items, seq_offsets, prob, alias, num_items, out_items, positions, original, planted,
+):
     """Plant len(positions) noise items into user u's slice of ``out_items``; fills the truth."""
     a = seq_offsets[u]
     n = seq_offsets[u + 1] - a
@@ -463,7 +466,8 @@ def _plant_user(state, u, kind, seq_items, seq_offsets, prob, alias, num_items, 
     owned = _set_new(n + k)
     for j in range(n):  # the user's own items (and, below, what was planted) are excluded
         _set_add(owned, seq_items[a + j])
-    state = _noise_positions(state, n - 1, k, kind == 2, positions)  # never the last item
+    span = n if include_last else n - 1  # positions that may be replaced
+    state = _noise_positions(state, span, k, kind == 2, positions)
     filled = 0
     if kind == 2:
         state, filled = _foreign_items(state, u, seq_items, seq_offsets, owned, k, planted)
@@ -486,7 +490,7 @@ def _plant_user(state, u, kind, seq_items, seq_offsets, prob, alias, num_items, 
 
 @numba.njit(nogil=True, cache=True)
 def _plant(
-    lo, hi, key, kind, seq_items, seq_offsets, users, row_offsets, prob, alias, num_items,
+    lo, hi, key, kind, include_last, seq_items, seq_offsets, users, row_offsets, prob, alias, num_items,
     out_items, out_pos, out_orig, out_planted,
 ):
     # Reads only the input sequences (donors may be noisy users too) and writes only row r's
@@ -495,8 +499,8 @@ def _plant(
         a = row_offsets[r]
         b = row_offsets[r + 1]
         _plant_user(
-            row_state(key, users[r]), users[r], kind, seq_items, seq_offsets, prob, alias, num_items,
-            out_items, out_pos[a:b], out_orig[a:b], out_planted[a:b],
+            row_state(key, users[r]), users[r], kind, include_last, seq_items, seq_offsets, prob, alias,
+            num_items, out_items, out_pos[a:b], out_orig[a:b], out_planted[a:b],
         )
 
 
@@ -529,18 +533,22 @@ def plant_noise(
     kind: str,
     seed: int,
     eligible_users: Optional[np.ndarray] = None,
+    include_last: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Plant noise into the histories of a CSR dataset; returns (new seq_items, ground truth).
+    """Plant noise into the sequences of a CSR dataset; returns (new seq_items, ground truth).
 
     ``round(user_share * E)`` users are drawn uniformly among the E eligible ones (users with at
-    least 2 items, restricted to ``eligible_users``: ids or a bool mask). Each gets
-    ``max(1, round(item_share * (n - 1)))`` of its first n - 1 items replaced (the last item,
-    the test positive, never is) by items it does not own, drawn by ``kind``: 'random'
-    (uniform), 'popular' (proportional to ``popularity``, int [num_items + 1], entry 0 unused),
-    or 'foreign' (a contiguous block filled by consecutive items of another random user).
-    ``item_share = 0`` plants nothing. The ground truth holds one row per planted item, sorted
-    by (user, position): int32 columns user, position, original_item, planted_item. The input is
-    not modified; the result is a pure function of the arguments (not of the thread count).
+    least 2 items, restricted to ``eligible_users``: ids or a bool mask). A drawn user of n items
+    gets ``max(1, round(item_share * s))`` of its first s items replaced, s = n with
+    ``include_last`` (the last item too: the training target of the paper protocol, and the
+    test positive under leave-one-out) and s = n - 1 without (the last item never is). The
+    replacements are items the user does not own, drawn by ``kind``: 'random' (uniform, at
+    random positions), 'popular' (proportional to ``popularity``, int [num_items + 1], entry 0
+    unused, at random positions), or 'foreign' (a contiguous block filled by consecutive items
+    of another random user). ``item_share = 0`` plants nothing. The ground truth holds one row
+    per planted item, sorted by (user, position): int32 columns user, position, original_item,
+    planted_item. The input is not modified; the result is a pure function of the arguments
+    (not of the thread count).
     """
     if kind not in _KIND_CODE:
         raise ValueError(f"noise kind {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
@@ -559,8 +567,9 @@ def plant_noise(
     candidates = _eligible(lengths, eligible_users)
     n_noisy = int(np.floor(user_share * len(candidates) + 0.5))
     users = np.sort(candidates[permutation(len(candidates), seed, "plant_noise", 0)[:n_noisy]])
-    counts = np.floor(item_share * (lengths[users] - 1) + 0.5).astype(np.int64)
-    counts = np.clip(counts, 1 if item_share > 0 else 0, lengths[users] - 1)
+    span = lengths[users] - (0 if include_last else 1)
+    counts = np.floor(item_share * span + 0.5).astype(np.int64)
+    counts = np.clip(counts, 1 if item_share > 0 else 0, span)
     row_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(row_offsets[-1])
 
@@ -573,7 +582,8 @@ def plant_noise(
     original = np.empty(total, dtype=np.int32)
     planted = np.empty(total, dtype=np.int32)
     _run_chunks(
-        _plant, row_offsets, stream_key(seed, "plant_noise", 1), _KIND_CODE[kind], seq_items, seq_offsets,
+        _plant, row_offsets, stream_key(seed, "plant_noise", 1), _KIND_CODE[kind], bool(include_last),
+        seq_items, seq_offsets,
         users.astype(np.int64), row_offsets, prob, alias, int(num_items),
         out_items, position, original, planted,
     )
@@ -603,12 +613,15 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     cfg.check()
     clean, offsets, times, item_category = generate_clean(cfg)
     popularity = np.bincount(clean, minlength=cfg.items + 1)
+    # The folds write() stores (same function, same arguments): the clean fold is known up front.
+    fold = assign_folds(cfg.users, cfg.folds, cfg.seed)
+    eligible = None if cfg.clean_test_fold is None else fold != cfg.clean_test_fold
     noisy, truth = plant_noise(
         clean, offsets, cfg.items, popularity,
         user_share=cfg.noisy_user_share, item_share=cfg.noisy_item_share,
-        kind=cfg.noise_kind, seed=cfg.seed,
+        kind=cfg.noise_kind, seed=cfg.seed, eligible_users=eligible, include_last=cfg.noise_in_targets,
     )
-    return SyntheticData(clean, noisy, offsets, times, item_category, truth)
+    return SyntheticData(clean, noisy, offsets, times, item_category, truth, fold)
 
 
 def write(cfg: SyntheticConfig, output: str | Path, *, overwrite: bool = False) -> Path:
@@ -616,6 +629,7 @@ def write(cfg: SyntheticConfig, output: str | Path, *, overwrite: bool = False) 
     started = time.perf_counter()
     data = generate(cfg)
     noisy_users = len(np.unique(data.noise["user"]))
+    last = data.noise["position"] == np.diff(data.seq_offsets)[data.noise["user"]] - 1
     meta = {
         "format": "synthetic",
         "generator": generator_params(cfg),
@@ -623,7 +637,12 @@ def write(cfg: SyntheticConfig, output: str | Path, *, overwrite: bool = False) 
             "kind": cfg.noise_kind,
             "noisy_users": noisy_users,
             "planted_items": int(len(data.noise["user"])),
-            "last_item": "never replaced (it is the test positive)",
+            "planted_last_items": int(last.sum()),
+            "last_item": (
+                "replaced like any other item of a noisy user (a false-positive training target)"
+                if cfg.noise_in_targets else "never replaced"
+            ),
+            "clean_test_fold": cfg.clean_test_fold,
         },
         "generation_seconds": round(time.perf_counter() - started, 3),
     }
@@ -637,7 +656,8 @@ def write(cfg: SyntheticConfig, output: str | Path, *, overwrite: bool = False) 
         item_category=data.item_category,
         category_names=pa.array([f"cluster{c}" for c in range(1, cfg.clusters + 1)]),
         meta=meta,
-        fold_seed=cfg.seed,
+        folds=cfg.folds,
+        fold_seed=cfg.seed,  # the assignment generate() used for clean_test_fold
         candidate_seed=cfg.seed,
         noise=data.noise,
         overwrite=overwrite,
@@ -697,12 +717,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional(tp):
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null") else tp(text)
+
+    parse.__name__ = f"{tp.__name__} or none"  # argparse names the type in its error message
+    return parse
+
+
 def _option_type(tp):
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return {"choices": typing.get_args(tp)}
-    if origin is typing.Union:  # Optional[str]
-        return {"type": next(a for a in typing.get_args(tp) if a is not type(None))}
+    if origin is typing.Union:  # Optional[str], Optional[int]: 'none' is None
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
+        return {"type": _optional(_parse_bool if inner is bool else inner), "metavar": inner.__name__.upper()}
+    if tp is bool:
+        return {"type": _parse_bool, "metavar": "{true,false}"}
     return {"type": tp}
 
 
