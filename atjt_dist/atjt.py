@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config
+from .config import Config, ConfigError
 from .data.dataset import BatchArrays, SampleSpace, TrainingData
 from .data.sampling import partition_users
 from .models import ModelSpec, NoiseRecognizer, SequentialRecommender, build_recommender
@@ -86,12 +86,12 @@ class Schedule:
             rec_batches = data.num_batches(rec_space, self.batch)
             aux_batches = data.num_batches(aux_space, self.aux_batch) if aux_space is not None else 0
             if rec_batches == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"phase {j}: part of {len(part)} users has {rec_space.size} samples, fewer than one batch of "
                     f"train.batch_size={self.batch}; lower the batch size or atjt.num_parts"
                 )
             if self.uses_recognizer and aux_batches == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"phase {j}: the recogniser's {aux_space.size} samples are fewer than one batch of "
                     f"atjt.recognizer_batch_size={self.aux_batch}; lower it"
                 )
@@ -191,7 +191,7 @@ class JointModel(nn.Module):
         self.recommender = build_recommender(spec, cfg.model)
         self.next_item = cfg.model.objective == "next_item"
         if self.next_item and not isinstance(self.recommender, SequentialRecommender):
-            raise ValueError(f"model.objective=next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
+            raise ConfigError(f"config key 'model.objective': next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
         n = cfg.atjt.num_parts if objective_name(cfg) == "atjt" else 0
         self.recognizers = nn.ModuleList(
             NoiseRecognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -934,3 +935,25 @@ def describe(cls: type = Config) -> str:
     for key, tp, default, help_ in iter_fields(cls):
         lines.append(f"| `{key}` | {_type_name(tp)} | `{default!r}` | {help_} |")
     return "\n".join(lines) + "\n"
+
+
+CONFIG_DOC_HEADER = """# Configuration reference
+
+Every key of the config tree (`atjt_dist/config.py`), its type, default and meaning. A run's
+config is these defaults, then `--config FILE` (YAML, sections as below; `include: [...]` pulls
+in other files first), then `--section.key=value` overrides. The resolved config is written to
+`RUN_DIR/config.yaml`.
+
+This file is generated: `python -m atjt_dist.config > docs/config.md` (a test checks it is
+current).
+
+"""
+
+
+def config_doc() -> str:
+    """docs/config.md: a short header and the table of every key (:func:`describe`)."""
+    return CONFIG_DOC_HEADER + describe()
+
+
+if __name__ == "__main__":
+    sys.stdout.write(config_doc())

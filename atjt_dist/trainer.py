@@ -121,9 +121,10 @@ class Trainer:
             dump_yaml(cfg, self.run_dir / "config.yaml")
         self.metrics_log = MetricsWriter(self.run_dir, enabled=self.ctx.is_main, tensorboard=cfg.log.tensorboard)
         if cfg.train.batch_size % self.ctx.world or cfg.atjt.recognizer_batch_size % self.ctx.world:
-            raise ValueError(
-                f"train.batch_size={cfg.train.batch_size} and atjt.recognizer_batch_size="
-                f"{cfg.atjt.recognizer_batch_size} must be multiples of the {self.ctx.world} processes"
+            raise ConfigError(
+                f"config keys 'train.batch_size' ({cfg.train.batch_size}) and 'atjt.recognizer_batch_size' "
+                f"({cfg.atjt.recognizer_batch_size}) are global batches and must be multiples of the "
+                f"{self.ctx.world} processes; change them or the number of processes"
             )
 
         data_path = resolve_data_path(cfg, self.ctx)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from atjt_dist.config import Config, ConfigError, build_config, describe, dump_yaml, iter_fields
+from atjt_dist.config import Config, ConfigError, build_config, config_doc, describe, dump_yaml, iter_fields
 
 
 def test_defaults_are_the_papers():
@@ -77,6 +78,12 @@ def test_every_field_is_documented():
     assert undocumented == []
     table = describe()
     assert "`atjt.aux_weight`" in table and "lambda" in table
+
+
+def test_docs_config_md_is_current():
+    """docs/config.md is generated from the tree; regenerate it when a knob changes."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == config_doc(), "docs/config.md is stale: run python -m atjt_dist.config > docs/config.md"
 
 
 def test_dump_and_reload_round_trip(tmp_path):

@@ -97,3 +97,15 @@ def test_compare_runs_both_methods_on_the_same_data(tiny_dataset, tmp_path):
     base, atjt = data["runs"]["base"]["42"], data["runs"]["atjt"]["42"]
     assert base["method"] == "base" and atjt["method"] == "atjt"
     assert base["users"] == atjt["users"] == 120
+
+
+def test_a_batch_larger_than_a_phase_is_a_config_error(tiny_dataset, tmp_path):
+    """A schedule the data cannot fill is a user error naming the key, not a traceback."""
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", "--train.batch_size=100000"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "train.batch_size=100000" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "metrics.json").exists()
