@@ -14,8 +14,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from atjt_dist.data import formats
-from atjt_dist.data.formats import FormatOptions, PrepareError, read_raw
+from atjt_dist.data.formats import FormatOptions, PrepareError, RawInteractions, read_raw
+from atjt_dist.data.formats.amazon import AMAZON_2014_ASIN, _unquote_python_strings, last_category_literals
+from atjt_dist.data.formats.ids import IdEncoder, encode_ints
+from atjt_dist.data.formats.rating_lines import read_rating_lines
+from atjt_dist.data.formats.streaming import iter_line_blocks, read_delimited
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "raw"
@@ -34,12 +37,12 @@ def fixture(*parts: str) -> Path:
     return FIXTURES.joinpath(*parts)
 
 
-def categories_by_item(raw: formats.RawInteractions) -> dict[str, str | None]:
+def categories_by_item(raw: RawInteractions) -> dict[str, str | None]:
     names = raw.category_names.to_pylist()
     return {str(item): (names[c] if c >= 0 else None) for item, c in zip(raw.raw_items.to_pylist(), raw.item_category)}
 
 
-def rows(raw: formats.RawInteractions) -> list[tuple]:
+def rows(raw: RawInteractions) -> list[tuple]:
     """(raw user, raw item, time) per row, in file order."""
     users, items = raw.raw_users.to_pylist(), raw.raw_items.to_pylist()
     return [(str(users[u]), str(items[i]), int(t)) for u, i, t in zip(raw.user, raw.item, raw.time)]
@@ -88,7 +91,7 @@ def test_movielens_role_is_told_by_content_not_name(tmp_path):
 
 def _arrow_path_blocks(path: Path) -> tuple[np.ndarray, ...]:
     batches = list(
-        formats.read_delimited(
+        read_delimited(
             path,
             columns={"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()},
             separator=",",
@@ -111,7 +114,7 @@ def test_numeric_fast_path_equals_pyarrow_on_awkward_but_valid_lines(tmp_path):
     body = "userId,movieId,rating,timestamp\r\n" + "\r\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:])
     path = tmp_path / "ratings.csv"
     path.write_text(body)  # CRLF lines, a blank line, and no newline at the end
-    fast = formats.read_rating_lines(path, b",", True, block_bytes=4096)  # many blocks
+    fast = read_rating_lines(path, b",", True, block_bytes=4096)  # many blocks
     assert fast is not None
     got = tuple(np.concatenate([getattr(b, k) for b in fast]) for k in ("user", "item", "rating", "time"))
     for a, b in zip(got, _arrow_path_blocks(path)):
@@ -122,11 +125,11 @@ def test_numeric_fast_path_equals_pyarrow_on_awkward_but_valid_lines(tmp_path):
 def test_numeric_fast_path_declines_quoted_numbers_and_pyarrow_reads_them(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_text('userId,movieId,rating,timestamp\n"1",2,3.5,100\n1,3,1e0,99\n1,4,2,98\n1,5,2,97\n1,6,2,96\n')
-    assert formats.read_rating_lines(path, b",", True, 1 << 20) is None
+    assert read_rating_lines(path, b",", True, 1 << 20) is None
     raw = read_raw("movielens", [path])
     assert raw.rating.tolist() == [3.5, 1.0, 2.0, 2.0, 2.0]
     path.write_text("userId,movieId,rating,timestamp\n9223372036854775807,2,3.5,100\n")  # 19 digits
-    assert formats.read_rating_lines(path, b",", True, 1 << 20) is None
+    assert read_rating_lines(path, b",", True, 1 << 20) is None
     assert read_raw("movielens", [path]).raw_users.to_pylist() == [2**63 - 1]
 
 
@@ -166,8 +169,8 @@ def test_amazon_2014_reviews_with_python_literal_metadata():
 def test_amazon_2014_regex_agrees_with_literal_eval_on_every_line():
     lines = [line for line in fixture("amazon2014", "meta_Beauty.json").read_text().splitlines() if line.strip()]
     text = pa.array(lines, pa.large_string())
-    asin = pc.struct_field(pc.extract_regex(text, formats.AMAZON_2014_ASIN), "asin").to_pylist()
-    last = formats._unquote_python_strings(formats.last_category_literals(text)).to_pylist()
+    asin = pc.struct_field(pc.extract_regex(text, AMAZON_2014_ASIN), "asin").to_pylist()
+    last = _unquote_python_strings(last_category_literals(text)).to_pylist()
     for line, a, c in zip(lines, asin, last):
         obj = ast.literal_eval(line)
         assert a == obj["asin"]
@@ -330,14 +333,14 @@ def test_block_size_does_not_change_what_is_read(fmt, files, options):
 def test_iter_line_blocks_numbers_lines_and_strips_line_ends(tmp_path):
     path = tmp_path / "lines.txt"
     path.write_bytes(b"a b\r\n\nccc\n" + b"d" * 50 + b"\nlast")
-    got = [(first, lines.to_pylist()) for first, lines in formats.iter_line_blocks(path, block_bytes=8)]
+    got = [(first, lines.to_pylist()) for first, lines in iter_line_blocks(path, block_bytes=8)]
     flat = [line for _, lines in got for line in lines]
     assert flat == [b"a b", b"", b"ccc", b"d" * 50, b"last"]
     assert got[0][0] == 1 and [first for first, _ in got] == sorted({first for first, _ in got})
 
 
 def test_id_encoder_orders_numbers_numerically_and_strings_bytewise():
-    enc = formats.IdEncoder("user")
+    enc = IdEncoder("user")
     enc.add(pa.array(["10", "9"]), "x")
     enc.add(pa.array(["9", "100"]), "x")
     codes, vocab = enc.finish()
@@ -350,7 +353,7 @@ def test_id_encoder_orders_numbers_numerically_and_strings_bytewise():
 @pytest.mark.parametrize("span", [100, 10**15])  # direct-address table, then the sort fallback
 def test_encode_ints_both_ways(span):
     values = np.array([span, 3, -2, span, 3], dtype=np.int64)
-    codes, vocab = formats.encode_ints(values)
+    codes, vocab = encode_ints(values)
     assert vocab.tolist() == [-2, 3, span] and codes.tolist() == [2, 1, 0, 2, 1]
 
 
