@@ -45,7 +45,6 @@ noise settings is reused.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import math
@@ -54,7 +53,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -125,14 +123,9 @@ def plant_into_dataset(
     train = fold_of != fold
     offsets = np.asarray(a.seq_offsets, dtype=np.int64)
     items = np.asarray(a.seq_items, dtype=np.int32)
-    extra = {}
-    if include_last:
-        if "include_last" not in inspect.signature(plant_noise).parameters:
-            raise ConfigError("--include-last needs a plant_noise with include_last (atjt_dist.data.synthetic)")
-        extra["include_last"] = True
     noisy_items, truth = plant_noise(
         items, offsets, a.num_items, np.asarray(a.popularity), user_share=user_share, item_share=item_share,
-        kind=kind, seed=seed, eligible_users=train, **extra,
+        kind=kind, seed=seed, eligible_users=train, include_last=include_last,
     )
     lengths = np.diff(offsets)
     test_rows = np.repeat(~train, lengths)

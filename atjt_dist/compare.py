@@ -12,12 +12,10 @@ dataset has planted noise, how well each method's weights separate noisy from cl
 from __future__ import annotations
 
 import copy
-import json
 import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from .cli import run_cli
 from .config import Config, ConfigError, build_config

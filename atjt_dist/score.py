@@ -50,7 +50,6 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import torch.distributed as dist
 
 from .cli import USER_ERRORS

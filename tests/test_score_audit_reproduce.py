@@ -4,7 +4,6 @@ dataset) and reproduce (the dataset x model x method grid), end to end on the ti
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
