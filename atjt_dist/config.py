@@ -54,20 +54,20 @@ class SyntheticConfig:
 
     folds: typing.ClassVar[int] = 5  # the k-fold split written with the dataset (not a knob)
 
-    users: int = knob(100000, "Number of users to generate.")
-    items: int = knob(2000, "Number of items to generate (at least 128: test candidates need 63 free items).")
+    users: int = knob(12800, "Number of users to generate.")
+    items: int = knob(1000, "Number of items to generate (at least 128: test candidates need 63 free items).")
     clusters: int = knob(20, "Number of item clusters (they are the items' categories).")
-    taste_clusters: int = knob(3, "Clusters in a user's taste (a sparse mixture with random weights).")
+    taste_clusters: int = knob(2, "Clusters in a user's taste (a sparse mixture with random weights).")
     stickiness: float = knob(
-        0.8, "Probability that a step not following a successor link stays in the current cluster."
+        0.95, "Probability that a step not following a successor link stays in the current cluster."
     )
     successor_prob: float = knob(
         0.5, "Probability that the next item is one of the previous item's successor links."
     )
     successors: int = knob(4, "Successor links per item (other items of its cluster).")
     zipf_exponent: float = knob(1.0, "Within-cluster popularity: the item of rank r has weight (r + 1)^-a.")
-    mean_length: float = knob(30.0, "Mean sequence length per user (min_length + an exponential tail).")
-    min_length: int = knob(8, "Shortest sequence a user can have (at least 2: a history and a last item).")
+    mean_length: float = knob(12.0, "Mean sequence length per user (min_length + an exponential tail).")
+    min_length: int = knob(4, "Shortest sequence a user can have (at least 2: a history and a last item).")
     noisy_user_share: float = knob(0.3, "Share of users whose histories get planted noise.")
     noisy_item_share: float = knob(
         0.3,

@@ -32,20 +32,26 @@ and to its sequential context, and the difference clean vs noisy is exactly the 
 - ``foreign``: a contiguous block of positions filled by consecutive items of another user's
   sequence (a shared account: someone else's session inside this user's history).
 
-**The last item is never replaced.** It is the test positive in both splits (column 0 of the
-stored candidates) and the training target of the paper's one-sample-per-user protocol; test
-metrics must measure the user's true preference, and a planted target would turn history noise
-(what ATJT's recogniser models) into label noise. Noise thus lives in the histories (and, in
-sliding-window training, in earlier targets, where T-CE / R-CE see it as false positives).
+**The last item.** It is the training target of the paper's one-sample-per-user protocol and
+the test positive (column 0 of the stored candidates). With ``noise_in_targets`` (the default)
+a noisy user's last item may be replaced like any other, so some training positives are false
+positives (what T-CE / R-CE target, and a history/target mismatch ATJT's recogniser can see);
+with ``clean_test_fold`` (the default: fold 0, the default test fold) the test users get no
+noise at all, so test metrics measure true preferences. ``noise_in_targets=false`` never
+replaces the last item (for ``data.split=loo``, whose test positives are the last items).
 
-What to expect (measured once with a DIN-like model, dim 8, default config, fold 0): the clean
-signal is strong (previous item -> next item bigram HR@10 0.56 vs popularity 0.02; 94% of steps
-stay in the cluster; planted random items: HR@10 0.003, 4% in the cluster). Target attention
-largely ignores history noise: test AUC on clean test users was 0.955-0.957 whether trained on
-the noisy data, with noisy users' weights at 0, or on the clean data, in the paper protocol and
-in sliding-window training (where dropping planted targets gained about +0.002). So the noise
-shows first in the planted-noise evaluation (how well weights separate noisy from clean
-sequences); gains in recommendation metrics need heavier noise or a weaker clean signal.
+**The default size** is set by the training schedule, not by realism. In the paper protocol a
+run has users / 80 steps (2 phases of 4 epochs, each over half of the 80% training users, in
+batches of 256), and each phase's freshly initialised recogniser (Adagrad, lr 0.023) only
+starts to separate corrupted from clean rows after some tens of steps. The defaults (12,800 users: 160 steps, 80 per
+phase; 1,000 items; a taste of 2 clusters, stickiness 0.95, so most windows stay in one
+cluster; short sequences, mean 12, so one replaced item is a large part of a window) keep the
+default ``python -m atjt_dist.train`` at a few CPU-minutes while its recognisers still learn to
+rank planted-noise users below clean ones (though in 80 steps their weights stay too close to
+0.5 to change the test metrics). The measured numbers are in docs/results.md
+("Default synthetic data"). The earlier default (100,000 users, 2,000 items, a taste of 3
+clusters, stickiness 0.8, mean length 30) gave the recognisers 624 steps per phase, but a run
+took an estimated 25 CPU-minutes.
 
 Usage::
 
@@ -85,7 +91,7 @@ from .sampling import build_alias, permutation
 log = logging.getLogger(__name__)
 
 # Bump when the generator's output for a given config changes: cached datasets are keyed by it.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 NOISE_KINDS = ("random", "popular", "foreign")
 _KIND_CODE = {k: i for i, k in enumerate(NOISE_KINDS)}
 _MAX_REJECTIONS = 32  # Zipf / alias draws before a deterministic scan for a free item
