@@ -44,6 +44,7 @@ import types
 from dataclasses import dataclass
 from typing import Optional
 
+import numba
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -73,8 +74,27 @@ class DistContext:
         return self.rank == 0
 
 
+def align_cpu_threads() -> int:
+    """Give numba's parallel samplers torch's number of threads, and keep torch's; returns it.
+
+    torchrun sets OMP_NUM_THREADS=1 per process, but numba starts its own pool with one thread
+    per core, and with its OpenMP threading layer starting that pool also sets OpenMP's (so
+    torch's) thread count to the number of cores: every rank would then run as many threads
+    as there are cores, oversubscribing the machine (about 5x slower steps measured on 2 ranks
+    of a 2-core machine). So the pool is started here, then both counts are set to torch's.
+    numba's setting is per calling thread (the CUDA prefetch thread keeps numba's default).
+    """
+    threads = torch.get_num_threads()
+    numba.get_num_threads()  # starts numba's pool (and, with OpenMP, resets OpenMP's count)
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def init_distributed(cfg: DistConfig) -> DistContext:
-    """Join torchrun's process group (RANK/WORLD_SIZE set) or create a single-process one."""
+    """Join torchrun's process group (RANK/WORLD_SIZE set) or create a single-process one,
+    after aligning the CPU thread counts (:func:`align_cpu_threads`)."""
+    align_cpu_threads()
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -426,3 +426,28 @@ def test_prefetcher_thread_keeps_order_raises_and_stops():
             break  # the consumer stops early (train.max_steps): the worker ends too
     pre.thread.join(timeout=10)
     assert not pre.thread.is_alive() and not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_numba_samplers_do_not_raise_torchs_thread_count():
+    """With OMP_NUM_THREADS=1 (torchrun's default per process) both torch and numba's parallel
+    samplers run one thread after init_distributed, also once a sampler kernel has run
+    (numba's OpenMP pool would otherwise reset torch's count to the number of cores)."""
+    code = (
+        "import numpy as np, numba, torch\n"
+        "from atjt_dist.config import DistConfig\n"
+        "from atjt_dist.distributed import init_distributed, shutdown\n"
+        "from atjt_dist.data.dataset import _locate\n"
+        "ctx = init_distributed(DistConfig())\n"
+        "n = 100000; out = np.zeros(n, np.int64)\n"
+        "_locate(np.arange(n + 1), np.arange(n), np.zeros(n, np.int64), np.arange(n), out, out.copy())  # a parallel sampler kernel\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)\n"
+        "shutdown(ctx)\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    torch_threads, numba_threads, pool = map(int, out.stdout.split())
+    assert pool == 2  # the pool has 2 threads, and neither library uses more than torchrun asked for
+    assert (torch_threads, numba_threads) == (1, 1)
