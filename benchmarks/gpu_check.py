@@ -50,7 +50,6 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
