@@ -59,11 +59,14 @@ log = logging.getLogger("atjt_dist")
 
 
 def choose_run_dir(requested: Optional[str], model: str, method: str) -> Path:
-    """The run directory: ``requested`` or runs/<UTC time>-<model>-<method>; same on all ranks."""
+    """The run directory: ``requested`` or runs/<UTC time>-<model>-<method>; same on all ranks.
+
+    Only a generated name is broadcast from rank 0 (a collective: every rank must call); a
+    requested one is used as given, so a single rank may call it (S3Rec pre-training runs on
+    rank 0 alone inside a multi-process reproduce)."""
     if requested:
-        path = requested
-    else:
-        path = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{model}-{method}")
+        return Path(requested)
+    path = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{model}-{method}")
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [path]
         dist.broadcast_object_list(box, src=0)
