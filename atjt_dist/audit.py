@@ -51,7 +51,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -335,22 +334,19 @@ def _write_user_scores(path: Path, columns: dict[str, np.ndarray]) -> None:
 def run_method(cfg: Config, ctx, run_dir: Path, method: str) -> dict:
     """Train one method on the noisy copy, evaluate it, audit its scores; returns the record
     that audit.json holds (test metrics and the noise audit)."""
-    from .trainer import Trainer
+    from .trainer import run_training
 
     cfg.run_dir = str(run_dir)
-    started = time.time()
-    trainer = Trainer(cfg, ctx=ctx)
-    try:
-        trainer.train()
-        metrics = trainer.evaluate()
-        audit, columns = noise_audit(trainer, method)
-        metrics["seconds"] = time.time() - started
-        trainer.finish(metrics)
-        if ctx.is_main:
-            _write_user_scores(run_dir / "user_scores.parquet", columns)
-    finally:
-        trainer.close()
-    record = {**metrics, "method": method, "seed": cfg.seed, "audit": audit}
+    found = {}
+
+    def audit_scores(trainer, metrics):
+        # While the trained recogniser (and model) are still loaded.
+        found["audit"], found["columns"] = noise_audit(trainer, method)
+
+    _, metrics = run_training(cfg, ctx=ctx, inspect=audit_scores)
+    if ctx.is_main:
+        _write_user_scores(run_dir / "user_scores.parquet", found["columns"])
+    record = {**metrics, "method": method, "seed": cfg.seed, "audit": found["audit"]}
     if ctx.is_main:
         write_json(run_dir / "audit.json", record)
     return record

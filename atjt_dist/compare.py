@@ -15,13 +15,12 @@ import copy
 import math
 import statistics
 import sys
-import time
 
 from .cli import run_cli
 from .config import Config, ConfigError, build_config
 from .distributed import init_distributed, shutdown
 from .runlog import choose_run_dir, write_json
-from .trainer import Trainer
+from .trainer import run_training
 
 def _objective(name: str):
     def apply(cfg: Config) -> None:
@@ -99,15 +98,8 @@ def _main(argv: list[str]) -> int:
                 METHODS[method](cfg)
                 cfg.seed = seed
                 cfg.run_dir = str(root / f"{method}-seed{seed}")
-                started = time.time()
-                trainer = Trainer(cfg, ctx=ctx)
-                try:
-                    trainer.train()
-                    metrics = trainer.evaluate()
-                    trainer.finish(metrics)
-                finally:
-                    trainer.close()
-                metrics.update(method=method, seed=seed, seconds=time.time() - started)
+                _, metrics = run_training(cfg, ctx=ctx)
+                metrics.update(method=method, seed=seed)
                 results[method][seed] = metrics
         if ctx.is_main:
             table, data = summarise(results, base_cfg.eval.k)

@@ -185,19 +185,10 @@ def ensure_pretrained(cfg: Config, pre_dir: Path, is_main: bool) -> Path:
 
 def run_cell(cfg: Config, ctx, run_dir: Path) -> dict:
     """Train, evaluate and finish one run; returns its metrics (with the wall time in seconds)."""
-    from .trainer import Trainer
+    from .trainer import run_training
 
     cfg.run_dir = str(run_dir)
-    started = time.time()
-    trainer = Trainer(cfg, ctx=ctx)
-    try:
-        trainer.train()
-        metrics = trainer.evaluate()
-        metrics["seconds"] = time.time() - started
-        trainer.finish(metrics)
-    finally:
-        trainer.close()
-    return metrics
+    return run_training(cfg, ctx=ctx)[1]
 
 
 def _load_metrics(run_dir: Path) -> Optional[dict]:

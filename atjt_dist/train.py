@@ -11,22 +11,17 @@ import sys
 from .cli import run_cli
 from .config import build_config
 from .runlog import metrics_table
-from .trainer import Trainer
+from .trainer import run_training
 
 
 def _main(argv: list[str]) -> int:
     cfg = build_config(argv)
-    trainer = Trainer(cfg)  # resumes from RUN_DIR/checkpoints with --resume or under a torchrun restart
-    try:
-        with trainer.fault_guard():  # a dead peer: one line and a non-zero exit, not a hang
-            trainer.train()
-            metrics = trainer.evaluate()
-            trainer.finish(metrics)
-        if trainer.ctx.is_main:
-            print(metrics_table({f"{cfg.model.name} {trainer.method}": metrics}, cfg.eval.k))
-            print(f"run directory: {trainer.run_dir}")
-    finally:
-        trainer.close()
+    # Resumes from RUN_DIR/checkpoints with --resume or under a torchrun restart; a dead peer
+    # gives one line and a non-zero exit, not a hang.
+    trainer, metrics = run_training(cfg)
+    if trainer.ctx.is_main:
+        print(metrics_table({f"{cfg.model.name} {trainer.method}": metrics}, cfg.eval.k))
+        print(f"run directory: {trainer.run_dir}")
     return 0
 
 

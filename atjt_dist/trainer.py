@@ -5,6 +5,9 @@
     metrics = trainer.evaluate()    # exact test metrics over the stored candidates
     trainer.close()
 
+``run_training(cfg)`` does all of that (and turns a dead peer into one clear error); every
+command (train, compare, reproduce, audit) runs its trainings through it.
+
 One training step (``train_step``): build this rank's rows of the step's batches, one forward of
 the joint module, the joint objective, one backward (the embedding tables' optimiser runs fused
 inside it), one dense optimiser step. Statistics stay on the device and are read every
@@ -448,3 +451,27 @@ class Trainer:
             self._peer_failed = True
             log.error("%s", failure)
             raise failure from exc
+
+
+def run_training(cfg: Config, ctx: Optional[DistContext] = None, inspect=None) -> tuple[Trainer, dict]:
+    """One whole run, as every command runs it: set up, train, evaluate, finish, close.
+
+    Returns the (closed) trainer and its test metrics, with ``seconds``: the run's wall time
+    from setup to finish. ``inspect(trainer, metrics)``, when given, is called after the
+    evaluation while the model is still loaded (the audit reads the recogniser's scores there);
+    keys it adds to ``metrics`` are written to metrics.json. A failed collective (a peer died or
+    hung) becomes one clear PeerFailureError instead of a hang, as in ``python -m atjt_dist.train``.
+    """
+    started = time.time()
+    trainer = Trainer(cfg, ctx=ctx)
+    try:
+        with trainer.fault_guard():
+            trainer.train()
+            metrics = trainer.evaluate()
+            if inspect is not None:
+                inspect(trainer, metrics)
+            metrics["seconds"] = time.time() - started
+            trainer.finish(metrics)
+    finally:
+        trainer.close()
+    return trainer, metrics

@@ -334,7 +334,8 @@ def _assert_close_tensors(a: Path, b: Path, rel: float, noise: dict[str, float])
 
 def _metrics(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
-    return {k: v for k, v in m.items() if isinstance(v, (int, float, dict))}
+    # 'seconds' is the process's wall time: not part of what a resume must reproduce.
+    return {k: v for k, v in m.items() if isinstance(v, (int, float, dict)) and k != "seconds"}
 
 
 def _train_records(run: Path) -> list[dict]:
