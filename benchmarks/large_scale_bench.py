@@ -39,13 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import machine_line, versions_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,22 +141,8 @@ def worker(out_dir: Path, train_args: list[str], warm_steps: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def _versions() -> str:
-    import numba
-    import torch
-    import torchrec
-
-    return f"Python {platform.python_version()}, torch {torch.__version__}, torchrec {torchrec.__version__}, numba {numba.__version__}"
 
 
 def _windows(run_dir: Path) -> list[dict]:
@@ -239,8 +226,8 @@ def report(results: list[dict], args, gen: dict | None, argv: list[str]) -> str:
         "# Large-scale mode: an epoch of an ML-20M-sized dataset",
         "",
         f"Command: `python benchmarks/large_scale_bench.py {' '.join(argv)}`  ",
-        f"Machine: {_machine()}; shared with other jobs while measured (load averages below).  ",
-        f"Versions: {_versions()}.  ",
+        f"Machine: {machine_line()}; other jobs' share of it shows in the load averages below.  ",
+        f"Versions: {versions_line('torch', 'torchrec', 'numba')}.  ",
         (
             f"Dataset: `{args.data}`"
             + (f": {meta['num_users']:,} users, {meta['num_items']:,} items, {meta['num_interactions']:,} interactions" if meta else "")
@@ -300,8 +287,8 @@ def report(results: list[dict], args, gen: dict | None, argv: list[str]) -> str:
         "",
         (
             "The CPU figures are the work done (CPU seconds of the rank's process, all threads); the wall figures "
-            "also contain the time other jobs on this shared machine took from the ranks, which changed between and "
-            "during the runs (see the load and CPU / wall columns), so the CPU ratio is the better measure of what "
+            "also contain any time other jobs on the machine took from the ranks (a load average above the "
+            "number of ranks, CPU / wall below the threads per rank), so the CPU ratio is the better measure of what "
             "ATJT costs. 'At one free core per rank' is what the epoch would take if each rank had its core to itself: "
             "the measured CPU seconds per step times the epoch's steps (an estimate, not a measurement)."
         ),
@@ -317,15 +304,20 @@ def report(results: list[dict], args, gen: dict | None, argv: list[str]) -> str:
             f"shutdown) took {r['wall_s']:.0f} s wall and {r['cpu_s']:.0f} s CPU over both ranks; load average "
             f"{r['load_before'][0]:.1f} before -> {r['load_after'][0]:.1f} after."
         )
+    partial = [r["method"] for r in results if not r["measured_all"]]
     lines += [
         (
-            "- Peak RSS is the process's high-water mark over the measured steps, not over a whole epoch: large-scale mode builds "
-            "batches on the fly (nothing per sample is materialised), so no growth in proportion to the epoch is expected, but "
-            "the figure is a lower bound for the epoch's peak."
+            "- Peak RSS is the process's high-water mark over setup and training (the end-of-training checkpoint included)."
+            + (
+                f" For {', '.join(partial)} (part of the epoch measured) it is a lower bound for the epoch's peak: large-scale "
+                "mode builds batches on the fly (nothing per sample is materialised), so no growth in proportion to the "
+                "epoch is expected."
+                if partial else ""
+            )
         ),
         (
             f"- CPU / wall below {threads:.0f} (the threads per rank) in training means the rank waited: for CPU time taken by "
-            "other jobs on this shared machine, and for its peer in the collectives."
+            "other jobs on the machine, and for its peer in the collectives."
         ),
         "",
         "Commands (each writes its run directory and per-rank JSON under the output folder):",

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from machine_info import cpu_model, memory_gib
 
 REPO = Path(__file__).resolve().parents[1]
 GENRES = [
@@ -255,24 +256,13 @@ def write_seconds(log: str) -> float:
 
 
 def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem_kib = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
-    )
     import pandas
     import pyarrow
 
     return {
         "nproc": os.cpu_count(),
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "cpu": cpu,
+        "memory_gib": round(memory_gib(), 1),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,

@@ -46,6 +46,7 @@ import time
 
 import numba
 import numpy as np
+from machine_info import cpu_model, memory_gib
 
 from atjt_dist.data import sampling as S
 from atjt_dist.data.rng import stream_key
@@ -231,18 +232,7 @@ def measure(impls, users, pos, rounds: int, threads_all: bool):
 
 
 def machine() -> dict:
-    info = {"nproc": os.cpu_count(), "cpu": platform.processor() or "?", "mem": "?"}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-            info["mem"] = f"{kb / 2**20:.1f} GiB"
-    except OSError:
-        pass
+    info = {"nproc": os.cpu_count(), "cpu": cpu_model(), "mem": f"{memory_gib():.1f} GiB"}
     try:
         info["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:

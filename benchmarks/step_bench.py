@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import torch  # noqa: E402
 from atjt_dist.config import build_config  # noqa: E402
 from atjt_dist.distributed import DistConfig, init_distributed, shutdown  # noqa: E402
 from atjt_dist.trainer import Trainer, resolve_data_path  # noqa: E402
+from machine_info import machine_line, versions_line  # noqa: E402
 
 MODELS = ("din", "dcn", "wide_deep", "fearec", "sasrec", "s3rec")
 TARGET = 1.5
@@ -56,24 +56,8 @@ KIND = {  # what a base model's step is, for the report's reading of the ratios
 }
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
 
 
-def _versions() -> str:
-    import numba
-    import torchrec
-
-    return f"Python {platform.python_version()}, torch {torch.__version__}, torchrec {torchrec.__version__}, numba {numba.__version__}"
 
 
 def time_block(trainer: Trainer, plans) -> tuple[float, float]:
@@ -173,8 +157,8 @@ def main(argv=None) -> int:
         "# Training step: baseline vs ATJT, every base model",
         "",
         f"Command: `{cmd.strip()}`  ",
-        f"Machine: {_machine()}, torch threads {torch.get_num_threads()} (after the steps); shared with other jobs while measured  ",
-        f"Versions: {_versions()}  ",
+        f"Machine: {machine_line()}, torch threads {torch.get_num_threads()} (after the steps); shared with other jobs while measured  ",
+        f"Versions: {versions_line('torch', 'torchrec', 'numba')}  ",
         (
             f"Load average (1/5/15 min): {' / '.join(f'{x:.1f}' for x in load_start)} at the start, "
             f"{' / '.join(f'{x:.1f}' for x in load_end)} at the end; the whole run {total_wall:.0f} s wall, {total_cpu:.0f} s CPU.  "
