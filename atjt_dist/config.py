@@ -497,7 +497,7 @@ class TrainConfig:
     max_steps: Optional[int] = knob(None, "Stop after this many steps in total (smoke runs).")
     lr: float = knob(8.15e-4, "Adagrad learning rate of the recommender.")
     weight_decay: float = knob(5e-4, "L2 weight decay of every optimiser.")
-    log_every: int = knob(50, "Log a line (rank 0) and a JSONL record every this many steps.")
+    log_every: int = knob(50, "Log a line (rank 0) and a JSONL record every this many steps (S3Rec pre-training: a line).")
     progress_bar: bool = knob(True, "Show a progress bar on rank 0 (also off when not a TTY).")
 
 

@@ -2,7 +2,8 @@
 python -m atjt_dist.pretrain --model.name=s3rec [--config FILE] [--section.key=value ...]
 
 Writes RUN_DIR/pretrain.pt (the unsharded S3Rec's state_dict, full tensors, plus the run's
-metadata), RUN_DIR/metrics.jsonl (one "pretrain" record per epoch), config.yaml and train.log.
+metadata), RUN_DIR/metrics.jsonl (one "pretrain" record per epoch), config.yaml and train.log
+(a line every train.log_every steps; a progress bar on a terminal with train.progress_bar).
 Fine-tune from it with ``python -m atjt_dist.train --model.name=s3rec
 --model.s3rec.pretrained=RUN_DIR/pretrain.pt ...`` (same dataset, split, fold, history length and
 layer sizes; the trainer checks them and names any mismatch).
@@ -65,7 +66,7 @@ from .models.s3rec import (
     S3Rec,
     checkpoint_meta,
 )
-from .runlog import MetricsWriter, choose_run_dir, setup_logging
+from .runlog import MetricsWriter, choose_run_dir, progress_bar, setup_logging
 from .trainer import NonFiniteLossError, resolve_data_path
 
 log = logging.getLogger("atjt_dist")
@@ -264,13 +265,17 @@ def pretrain(cfg: Config) -> Path:
         data.arrays.path, len(data.train_users), len(samples), steps, s.pretrain_epochs, device, run_dir,
     )
     writer = MetricsWriter(run_dir, enabled=True)
+    # Progress: a bar on a terminal (train.progress_bar), and a step line every train.log_every
+    # steps in the log (an epoch is tens of thousands of steps on the paper's datasets).
+    bar = progress_bar(steps * s.pretrain_epochs, 0, cfg.train.progress_bar)
     module.train()
     try:
         for epoch in range(s.pretrain_epochs):
             started = time.perf_counter()
             sums = torch.zeros(len(LOSSES) + 1, dtype=torch.float64, device=device)
             order = torch.randperm(len(samples), generator=g)
-            for rows in order.split(s.pretrain_batch_size):
+            seen = 0
+            for step, rows in enumerate(order.split(s.pretrain_batch_size), 1):
                 batch = samples.batch(rows, g, module.model.mask_id, s.mask_prob).to(device)
                 losses = module(batch)
                 total = weighted_total(losses, cfg)
@@ -278,6 +283,18 @@ def pretrain(cfg: Config) -> Path:
                 total.backward()
                 optimizer.step()
                 sums += torch.stack([total.detach(), *(losses[k].detach() for k in LOSSES)]).double() * len(rows)
+                seen += len(rows)
+                if bar is not None:
+                    bar.update(1)
+                if step % cfg.train.log_every == 0 and step < steps:
+                    line = (
+                        f"pretrain epoch {epoch + 1}/{s.pretrain_epochs} step {step}/{steps} | loss so far "
+                        f"{sums[0].item() / seen:.4f} | {seen / (time.perf_counter() - started):.0f} sequences/s"
+                    )
+                    if bar is not None:
+                        bar.write(line)
+                    else:
+                        log.info("%s", line)
             means = (sums / len(samples)).tolist()  # one host sync per epoch
             record = dict(zip(("loss", *LOSSES), means))
             if not all(math.isfinite(v) for v in means):
@@ -290,6 +307,8 @@ def pretrain(cfg: Config) -> Path:
             )
     finally:
         writer.close()
+        if bar is not None:
+            bar.close()
     path = run_dir / "pretrain.pt"
     meta = {**checkpoint_meta(cfg, data), "epochs": s.pretrain_epochs, "seed": cfg.seed, "final_losses": record}
     save_checkpoint(module, meta, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -227,7 +228,7 @@ def pretrained(tiny_dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("pretrain")
     with pytest.MonkeyPatch.context() as mp:  # see _config
         mp.setattr(pretrain_cmd, "build_config", lambda argv: _config(argv))
-        rc = pretrain_cmd.main(["--data.path", str(tiny_dataset), *SMALL, *PRETRAIN, f"--run-dir={run}"])
+        rc = pretrain_cmd.main(["--data.path", str(tiny_dataset), *SMALL, *PRETRAIN, "--train.log_every=5", f"--run-dir={run}"])
     assert rc == 0
     return run
 
@@ -245,7 +246,14 @@ def test_pretrain_command_writes_checkpoint_and_logs(pretrained, tiny_dataset):
     for r in records:
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("loss", *LOSSES))
     assert records[-1]["loss"] < records[0]["loss"]
-    assert (pretrained / "train.log").read_text().count("pretrain epoch") == 2
+    log_text = (pretrained / "train.log").read_text()
+    assert len(re.findall(r"pretrain epoch [12]/2 \| loss", log_text)) == 2  # one summary per epoch
+    # and a progress line every train.log_every (5) steps within each epoch
+    progress = re.findall(r"pretrain epoch ([12])/2 step (\d+)/(\d+) \| loss so far ([0-9.]+)", log_text)
+    assert {epoch for epoch, *_ in progress} == {"1", "2"}
+    assert len({total for *_, total, _ in progress}) == 1  # the same steps per epoch
+    assert all(int(step) % 5 == 0 and int(step) < int(total) for _, step, total, _ in progress)
+    assert all(math.isfinite(float(loss)) and float(loss) > 0 for *_, loss in progress)
     assert "name: s3rec" in (pretrained / "config.yaml").read_text()
 
 
