@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         "# Training step: baseline vs ATJT, every base model",
         "",
         f"Command: `{cmd.strip()}`  ",
-        f"Machine: {machine_line()}, torch threads {torch.get_num_threads()} (after the steps); shared with other jobs while measured  ",
+        f"Machine: {machine_line()}, torch threads {torch.get_num_threads()} (after the steps); other jobs' share of it shows in the load average below  ",
         f"Versions: {versions_line('torch', 'torchrec', 'numba')}  ",
         (
             f"Load average (1/5/15 min): {' / '.join(f'{x:.1f}' for x in load_start)} at the start, "
@@ -204,8 +204,8 @@ def main(argv=None) -> int:
             "fused updates, building the corrupted recogniser batch, and the extra loss terms. That work does not "
             "depend on the base model, so the ratio is about 1 + extra / base and reaches the target only where the "
             "base model's own step costs at least twice the extra. Measured extra CPU per step: "
-            f"{min(extra):.0f}-{max(extra):.0f} ms (part of the spread is measurement noise: few steps on a shared "
-            "machine; see the per-block figures below). By CPU time the target is met for: "
+            f"{min(extra):.0f}-{max(extra):.0f} ms (part of the spread is measurement noise: few steps, "
+            "and other jobs where the load average exceeds the cores; see the per-block figures below). By CPU time the target is met for: "
             f"{', '.join(meet) or 'none'}; it is not for: {', '.join(miss) or 'none'}."
             + (f" Within 0.1 of the target (either ratio), so not a firm verdict: {', '.join(near)}." if near else "")
             + " By base CPU ms/step, cheapest first: "
