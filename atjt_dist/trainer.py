@@ -148,12 +148,18 @@ class Trainer:
         model = JointModel(self.spec, cfg)
         full_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.recommender.apply_pretrained(full_state, cfg, self.data)  # e.g. S3Rec's pre-training
-        self.dense_optimizer_factory = build_optimizers(model, cfg)  # fused sparse optimisers are attached here
-        self.model, self.plan = shard_model(model, self.ctx, cfg.dist)
-        load_full_state(self.model, full_state)
-        # The dense backend (optim.DenseBackend: DDP + torch Adagrad, or a DeepSpeed engine):
-        # forward, backward, step, zero_grad, state_dict.
-        self.dense_optimizer = self.dense_optimizer_factory(self.model, self.ctx)
+        # Sharding and the optimisers' setup draw from the global generator (TorchRec's table
+        # initialisation, first-use setup), and not the same number of times in the first trainer
+        # of a process as in later ones (compare, reproduce, audit run several). The weights come
+        # from full_state anyway, so the generator is kept out of it: training (the dropout masks)
+        # starts from the same state in every trainer of the same config and seed.
+        with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
+            self.dense_optimizer_factory = build_optimizers(model, cfg)  # fused sparse optimisers are attached here
+            self.model, self.plan = shard_model(model, self.ctx, cfg.dist)
+            load_full_state(self.model, full_state)
+            # The dense backend (optim.DenseBackend: DDP + torch Adagrad, or a DeepSpeed engine):
+            # forward, backward, step, zero_grad, state_dict.
+            self.dense_optimizer = self.dense_optimizer_factory(self.model, self.ctx)
         self.step = 0
         if self.ctx.is_main:
             log.info("run directory %s", self.run_dir)

@@ -99,6 +99,22 @@ def test_compare_runs_both_methods_on_the_same_data(tiny_dataset, tmp_path):
     assert base["users"] == atjt["users"] == 120
 
 
+@pytest.mark.slow
+def test_a_run_inside_compare_equals_the_same_run_alone(tiny_dataset, tmp_path):
+    # compare trains base, then ATJT, in one process; the ATJT run must not depend on what ran
+    # before it (TorchRec's first-use setup draws from the global generator that dropout uses).
+    # Recogniser dropout stays on (the default), so its masks are part of what must agree.
+    args = [f"--data.path={tiny_dataset}", "--train.epochs=1", *SMALL[:-1]]
+    _run([sys.executable, "-m", "atjt_dist.compare", f"--run-dir={tmp_path / 'cmp'}", *args], tmp_path)
+    _run([sys.executable, "-m", "atjt_dist.train", f"--run-dir={tmp_path / 'alone'}", *args], tmp_path)
+    inside, alone = _train_records(tmp_path / "cmp" / "atjt-seed42"), _train_records(tmp_path / "alone")
+    keys = ("loss", "loss_rec", "loss_aux", "w_clean", "w_noisy", "recognizer_auc")
+    assert [r["step"] for r in inside] == [r["step"] for r in alone] and inside
+    assert [[r[k] for k in keys] for r in inside] == [[r[k] for k in keys] for r in alone]
+    m_inside, m_alone = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "cmp" / "atjt-seed42", tmp_path / "alone"))
+    assert all(m_inside[k] == m_alone[k] for k in ("auc", "hr@5", "ndcg@5"))
+
+
 def test_a_batch_larger_than_a_phase_is_a_config_error(tiny_dataset, tmp_path):
     """A schedule the data cannot fill is a user error naming the key, not a traceback."""
     run = tmp_path / "run"
