@@ -43,8 +43,8 @@ replaces the last item (for ``data.split=loo``, whose test positives are the las
 **The default size** is set by the training schedule, not by realism. In the paper protocol a
 run has users / 80 steps (2 phases of 4 epochs, each over half of the 80% training users, in
 batches of 256), and each phase's freshly initialised recogniser (Adagrad, lr 0.023) only
-starts to separate corrupted from clean rows after some tens of steps. The defaults (12,800 users: 160 steps, 80 per
-phase; 1,000 items; a taste of 2 clusters, stickiness 0.95, so most windows stay in one
+starts to separate corrupted from clean rows after some tens of steps. The defaults (12,800
+users: 160 steps, 80 per phase; 1,000 items; a taste of 2 clusters, stickiness 0.95, so most windows stay in one
 cluster; short sequences, mean 12, so one replaced item is a large part of a window) keep the
 default ``python -m atjt_dist.train`` at a few CPU-minutes while its recognisers still learn to
 rank planted-noise users below clean ones (though in 80 steps their weights stay too close to
