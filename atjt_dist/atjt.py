@@ -16,7 +16,7 @@ schedule without recognisers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 import numpy as np
@@ -26,9 +26,10 @@ from torch import nn
 from .config import Config, ConfigError
 from .data.dataset import BatchArrays, SampleSpace, TrainingData
 from .data.sampling import partition_users
-from .models import ModelSpec, NoiseRecognizer, SequentialRecommender, build_recommender
+from .models import ModelSpec, SequentialRecommender, build_recommender
+from .models.recognizers import build_recognizer
 from .models.batch import SequenceBatch
-from .objective import objective_name
+from .objective import ORACLE_LEVELS, objective_name
 
 # ---------------------------------------------------------------------------------------------
 # Schedule
@@ -48,6 +49,7 @@ class StepPlan:
     batch: int  # recommender batch index within the epoch
     phase_batch: int  # recommender batch index within the phase: epoch * batches + batch
     recognizer_batches: tuple[int, ...]  # indices into the phase's B^D stream (may be empty)
+    warmup: bool = False  # a recogniser-only warm-up step opening a joint phase
 
 
 @dataclass
@@ -71,6 +73,13 @@ class Schedule:
         self.cfg = cfg
         a = cfg.atjt
         self.uses_recognizer = objective_name(cfg) == "atjt"
+        #: the planted-noise oracle's level ('user' or 'item'), None for every other objective
+        self.oracle = ORACLE_LEVELS.get(objective_name(cfg))
+        if self.oracle and data.arrays.noise_users is None:
+            raise ConfigError(
+                f"objective.name={objective_name(cfg)} needs planted-noise ground truth (noise.parquet), which "
+                f"{data.arrays.path} does not have; use the synthetic dataset or an audit's noisy copy"
+            )
         self.variant = a.variant if self.uses_recognizer else None
         self.num_parts = a.num_parts
         self.epochs = cfg.train.epochs
@@ -107,24 +116,37 @@ class Schedule:
             return [RECOGNIZER_ONLY, RECOMMENDER_ONLY]
         return [JOINT]
 
-    def _recognizer_indices(self, phase_batch: int) -> tuple[int, ...]:
-        per = self.num_parts - 1
-        return tuple(range(phase_batch * per, (phase_batch + 1) * per))
+    def _warmup_steps(self, stage: str) -> int:
+        """Recogniser-only steps that open a joint phase (atjt.recognizer_warmup_steps)."""
+        return self.cfg.atjt.recognizer_warmup_steps if stage == JOINT and self.variant != "no_aux" else 0
 
     def steps(self) -> Iterator[StepPlan]:
-        """Every step of the run, in order (a pure function of the config and the data)."""
+        """Every step of the run, in order (a pure function of the config and the data).
+
+        A step that trains a recogniser reads the next K * (N-1) batches of the phase's B^D
+        stream (K = atjt.recognizer_batches_per_step); a joint phase may open with recogniser-
+        only warm-up steps (atjt.recognizer_warmup_steps), which read the stream's first batches.
+        """
+        per = (self.num_parts - 1) * self.cfg.atjt.recognizer_batches_per_step
         step = 0
         for ph in self.phases:
             for stage in self.stages():
+                cursor = 0  # the next batch of the phase's B^D stream
+                for w in range(self._warmup_steps(stage)):
+                    yield StepPlan(step, ph.index, RECOGNIZER_ONLY, 0, w, w, tuple(range(cursor, cursor + per)), warmup=True)
+                    cursor += per
+                    step += 1
+                trains_recognizer = stage in (JOINT, RECOGNIZER_ONLY) and self.variant != "no_aux"
                 for epoch in range(self.epochs):
                     for b in range(ph.rec_batches):
-                        phase_batch = epoch * ph.rec_batches + b
-                        rg = self._recognizer_indices(phase_batch) if stage in (JOINT, RECOGNIZER_ONLY) and self.variant != "no_aux" else ()
-                        yield StepPlan(step, ph.index, stage, epoch, b, phase_batch, rg)
+                        rg = tuple(range(cursor, cursor + per)) if trains_recognizer else ()
+                        cursor += len(rg)
+                        yield StepPlan(step, ph.index, stage, epoch, b, epoch * ph.rec_batches + b, rg)
                         step += 1
 
     def total_steps(self) -> int:
-        return sum(ph.rec_batches for ph in self.phases) * self.epochs * len(self.stages())
+        per_phase = [sum(ph.rec_batches * self.epochs + self._warmup_steps(stage) for stage in self.stages()) for ph in self.phases]
+        return sum(per_phase)
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -134,7 +156,7 @@ class Schedule:
         ph = self.phases[plan.phase]
         order = self._order(ph.rec_space, "rec", plan.phase, plan.epoch)
         build = self.data.recommender_sequences if self.next_item else self.data.recommender_batch
-        return build(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch))
+        return build(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch), oracle=self.oracle)
 
     def recognizer_batch(self, plan: StepPlan) -> Optional[BatchArrays]:
         """The step's N-1 corrupted recogniser batches, rows concatenated (None if none)."""
@@ -194,8 +216,11 @@ class JointModel(nn.Module):
             raise ConfigError(f"config key 'model.objective': next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
         n = cfg.atjt.num_parts if objective_name(cfg) == "atjt" else 0
         self.recognizers = nn.ModuleList(
-            NoiseRecognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)
+            build_recognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)
         )
+        # The leak fix: the recogniser's user rows of the users it weights stay out of L_R's
+        # backward (the 'no_aux' ablation learns its weights from L_R alone, so it keeps them).
+        self.isolate_weighted_users = cfg.atjt.isolate_weighted_users and cfg.atjt.variant != "no_aux"
 
     def idle_dense_parameters(self, phase: int, stage: str) -> list[nn.Parameter]:
         """Dense parameters that this step's forward leaves without a gradient: the other
@@ -239,18 +264,32 @@ class JointModel(nn.Module):
             return out
         g = self.recognizers[phase]
         if stage == RECOGNIZER_ONLY:
-            out["aux_logits"] = g(aux)
+            self._aux_outputs(out, *g.forward_items(aux))
             return out
         # The weight of a sequence comes from its clean positive: the first half of pointwise
         # rows, every row of a next-item batch.
         positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
+        positives = replace(positives, weight=None)
         if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
             with torch.no_grad():
                 out["weight_logits"] = g(positives)
             return out
+        frozen = len(positives) if self.isolate_weighted_users else 0
         if aux is None:
-            out["weight_logits"] = g(positives)
+            out["weight_logits"] = g.forward_items(positives, frozen_user_rows=frozen)[0]
             return out
-        both = g(SequenceBatch.concat([positives, aux]))
-        out["weight_logits"], out["aux_logits"] = both[: len(positives)], both[len(positives) :]
+        if aux.replaced is not None:  # the positives are clean: nothing of theirs was replaced
+            positives = replace(positives, replaced=torch.zeros_like(positives.hist, dtype=torch.bool))
+        seq, items = g.forward_items(SequenceBatch.concat([positives, aux]), frozen_user_rows=frozen)
+        n = len(positives)
+        out["weight_logits"] = seq[:n]
+        self._aux_outputs(out, seq[n:], None if items is None else items[n:])
         return out
+
+    @staticmethod
+    def _aux_outputs(out: dict, seq_logits: torch.Tensor, item_logits: Optional[torch.Tensor]) -> None:
+        """The recogniser's outputs on the corrupted rows: sequence logits, and the item-level
+        detector's per-history-item logits (its L_D is per item)."""
+        out["aux_logits"] = seq_logits
+        if item_logits is not None:
+            out["aux_item_logits"] = item_logits

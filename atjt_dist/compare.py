@@ -1,12 +1,13 @@
 """Compare training methods on the same data and seeds:
 
-    python -m atjt_dist.compare [--methods base,tce,rce,atjt] [--seeds 42,43,44] [--config FILE] [--k=v ...]
+    python -m atjt_dist.compare [--methods base,tce,rce,atjt,oracle,oracle_item] [--seeds 42,43,44] [--config FILE] [--k=v ...]
 
 Every (method, seed) run uses the same config, data and seed-derived batches; only the method
 differs (the baseline sees exactly the data ATJT's recommender sees, in the same order). Writes
 RUN_DIR/<method>-seed<seed>/ for each run, and RUN_DIR/compare.md and compare.json with the
 per-run metrics and, over seeds, their means and standard deviations. Also reports, where the
-dataset has planted noise, how well each method's weights separate noisy from clean users.
+dataset has planted noise, how well each method's weights separate noisy from clean users,
+and each method's paired differences from the baseline (same seed) with their spread.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _objective(name: str):
 
 
 #: method name -> how it changes the config
-METHODS = {"base": _objective("bce"), "tce": _objective("tce"), "rce": _objective("rce"), "atjt": _objective("atjt")}
+METHODS = {name: _objective(objective) for name, objective in (("base", "bce"), ("tce", "tce"), ("rce", "rce"), ("atjt", "atjt"), ("oracle", "oracle"), ("oracle_item", "oracle_item"))}
 REPORTED = ("auc", "hr@{k}", "ndcg@{k}")
 
 
@@ -76,6 +77,31 @@ def summarise(results: dict[str, dict[int, dict]], k: int) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", data
 
 
+def paired_differences(results: dict[str, dict[int, dict]], k: int, reference: str = "base") -> tuple[str, dict]:
+    """Each method minus ``reference`` on the same seed (same data, batches and initialisation),
+    as mean ± standard deviation over the seeds both ran, with the mean in units of that
+    standard deviation (METHOD.md section 10: a gain counts when it exceeds 2 of them)."""
+    if reference not in results:
+        return "", {}
+    keys = [key.format(k=k) for key in REPORTED]
+    lines = [f"| method - {reference} | seeds | " + " | ".join(f"Δ {key}" for key in keys) + " |", "| --- | ---: | " + " | ".join("---:" for _ in keys) + " |"]
+    data: dict = {}
+    for method, by_seed in results.items():
+        seeds = sorted(set(by_seed) & set(results[reference]))
+        if method == reference or not seeds:
+            continue
+        row, cells = {}, []
+        for key in keys:
+            diffs = [by_seed[s][key] - results[reference][s][key] for s in seeds]
+            mean, std = _mean_std(diffs)
+            row[key] = {"mean": mean, "std": std, "diffs": diffs}
+            ratio = f" ({mean / std:+.1f} sd)" if std > 0 else ""
+            cells.append(f"{mean:+.4f} ± {std:.4f}{ratio}")
+        data[method] = {"seeds": seeds, **row}
+        lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n" if data else ""), data
+
+
 def _main(argv: list[str]) -> int:
     argv = list(argv)
     methods = _pop_list(argv, "--methods", ["base", "atjt"])
@@ -103,9 +129,13 @@ def _main(argv: list[str]) -> int:
                 results[method][seed] = metrics
         if ctx.is_main:
             table, data = summarise(results, base_cfg.eval.k)
+            paired, paired_data = paired_differences(results, base_cfg.eval.k)
+            if paired:
+                table += "\nPaired by seed:\n\n" + paired
             header = f"# {base_cfg.model.name}: {', '.join(methods)} over seeds {', '.join(map(str, seeds))}\n\n"
             (root / "compare.md").write_text(header + table)
-            write_json(root / "compare.json", {"summary": data, "runs": {m: {str(s): r for s, r in v.items()} for m, v in results.items()}})
+            runs = {m: {str(s): r for s, r in v.items()} for m, v in results.items()}
+            write_json(root / "compare.json", {"summary": data, "paired": paired_data, "runs": runs})
             print(table)
             print(f"written: {root / 'compare.md'}")
     finally:

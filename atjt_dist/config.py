@@ -429,12 +429,56 @@ class ModelConfig:
 
 @dataclass
 class RecognizerConfig:
-    """The noise-recognition model (a DIN-like target-attention network)."""
+    """The noise-recognition model (atjt_dist.models.recognizers): the paper's DIN-like
+    target-attention network, the same with reverse-position embeddings, or an item-level
+    replaced-item detector (a small bidirectional Transformer)."""
 
-    embedding_dim: int = knob(8, "Embedding dimension of its user, item and category tables.")
-    attention_hidden: list[int] = knob([32], "Attention MLP hidden sizes (input 4 x item dim = 64).")
-    mlp_hidden: list[int] = knob([256, 64], "Output MLP hidden sizes (input 40).")
-    dropout: float = knob(0.5, "Dropout of the attention MLP.")
+    kind: Literal["din", "din_pos", "transformer"] = knob(
+        "din",
+        "'din': the paper's DIN-like network; 'din_pos': the same with a learned reverse-position "
+        "embedding added to each history item; 'transformer': a bidirectional self-attention "
+        "detector that scores every history item (P(item clean)) and derives the sequence's "
+        "P(clean) from them (sequence_weight); it has no user table.",
+    )
+    embedding_dim: int = knob(8, "'din'/'din_pos': embedding dimension of its user, item and category tables.")
+    attention_hidden: list[int] = knob([32], "'din'/'din_pos': attention MLP hidden sizes (input 4 x item dim = 64).")
+    mlp_hidden: list[int] = knob([256, 64], "'din'/'din_pos': output MLP hidden sizes (input 40).")
+    dropout: float = knob(0.5, "'din'/'din_pos': dropout of the attention MLP.")
+    transformer_hidden: int = knob(
+        32,
+        "'transformer': hidden size of the blocks and of its item, category and position "
+        "embeddings (a multiple of 4 and of transformer_heads).",
+    )
+    transformer_blocks: int = knob(2, "'transformer': bidirectional self-attention blocks.")
+    transformer_heads: int = knob(2, "'transformer': attention heads (must divide transformer_hidden).")
+    transformer_dropout: float = knob(
+        0.1, "'transformer': dropout of the embeddings, the attention probabilities and every block's outputs."
+    )
+    sequence_weight: Literal["product", "min"] = knob(
+        "product",
+        "'transformer': a sequence's P(clean) from its items' P(item clean): 'product' over the "
+        "valid history positions (P(no item replaced), items taken as independent) or 'min' "
+        "(the most suspicious item's). A row without history gets P(clean) = 1 (logit 20).",
+    )
+
+    def check(self, key: Any = None) -> None:
+        """Raise ConfigError for values the recogniser cannot build (build_recognizer calls it;
+        ``key(field)`` names a field)."""
+        name = key or (lambda f: f"config key 'atjt.recognizer.{f}'")
+        for f in ("embedding_dim", "transformer_hidden", "transformer_blocks", "transformer_heads"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{name(f)} must be >= 1, got {getattr(self, f)}")
+        if self.transformer_hidden % 4:
+            raise ConfigError(
+                f"{name('transformer_hidden')} must be a multiple of 4 (TorchRec's embedding kernels), got {self.transformer_hidden}"
+            )
+        if self.transformer_hidden % self.transformer_heads:
+            raise ConfigError(
+                f"{name('transformer_heads')}={self.transformer_heads} must divide {name('transformer_hidden')}={self.transformer_hidden}"
+            )
+        for f in ("dropout", "transformer_dropout"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise ConfigError(f"{name(f)} must be in [0, 1), got {getattr(self, f)}")
 
 
 @dataclass
@@ -445,6 +489,13 @@ class ATJTConfig:
     num_parts: int = knob(2, "N: the training users are split into N parts and trained in N phases.")
     aux_weight: float = knob(100.0, "lambda: weight of the recogniser loss L_D in L_R + lambda*L_D.")
     detach: bool = knob(False, "Detach the weights w from the recommender loss.")
+    isolate_weighted_users: bool = knob(
+        True,
+        "Keep L_R away from the recogniser's user-embedding rows of the users it weights: their "
+        "rows are read without gradient, so neither L_R nor weight decay moves them (otherwise "
+        "Adagrad turns L_R's tiny gradients into full-size steps on exactly those rows, leaking "
+        "the recommender's loss across the cross-fitting boundary). false = the authors' graph.",
+    )
     variant: Literal["joint", "no_aux", "two_stage"] = knob(
         "joint",
         "'joint': the method; 'no_aux': the 'w/o auxiliary task' ablation (weights learned "
@@ -455,14 +506,26 @@ class ATJTConfig:
     noise_fraction: float = knob(0.5, "Share of each recogniser batch's rows that are corrupted.")
     replace_count: int = knob(1, "History items replaced in a corrupted row.")
     per_row_position: bool = knob(
-        False,
-        "Draw the replaced position r per row; default one r shared by the batch, uniform in "
-        "[1, shortest history length in the batch].",
+        True,
+        "Draw the replaced position r per row, uniform over the row's own history (1 = most "
+        "recent). false = the authors' rule: one r shared by the batch, uniform in [1, shortest "
+        "history in the batch], which in sliding mode is r = 1 in most batches (the paper preset).",
     )
     replacement: Literal["uniform", "popularity"] = knob(
         "uniform", "Distribution of the replacement item: uniform over the vocabulary or by popularity."
     )
     recognizer_batch_size: int = knob(256, "Rows per recogniser batch (global, across ranks).")
+    recognizer_warmup_steps: int = knob(
+        0,
+        "Recogniser budget: steps at the start of each joint phase in which only the phase's "
+        "recogniser trains (on its corrupted B^D batches), so that its weights carry information "
+        "before they reweight the recommender. 0 = the paper's schedule.",
+    )
+    recognizer_batches_per_step: int = knob(
+        1,
+        "Recogniser budget: K, the recogniser batches per part of B^D that each step trains on "
+        "(a step reads K * (N-1) of them; the paper: 1).",
+    )
     recognizer_lrs: list[float] = knob(
         [0.023, 0.025], "Adagrad learning rate of recogniser j (phase j); the last repeats."
     )
@@ -473,9 +536,11 @@ class ATJTConfig:
 class ObjectiveConfig:
     """Which loss trains the recommender (see atjt_dist/objective.py)."""
 
-    name: Literal["auto", "bce", "atjt", "tce", "rce"] = knob(
+    name: Literal["auto", "bce", "atjt", "tce", "rce", "oracle", "oracle_item"] = knob(
         "auto",
-        "'bce' (the base model), 'atjt', 'tce' (truncated loss) or 'rce' (reweighted loss); "
+        "'bce' (the base model), 'atjt', 'tce' (truncated loss), 'rce' (reweighted loss), or on "
+        "data with planted noise the oracles: 'oracle' (weight 0 for planted-noise users) and "
+        "'oracle_item' (planted items removed from histories, weight 0 for planted targets); "
         "'auto' = atjt if atjt.enabled else bce.",
     )
     tce_max_drop: float = knob(0.2, "T-CE: the largest share of a batch's rows dropped (eps_max; Wang et al.: 0.2).")
@@ -507,6 +572,12 @@ class EvalConfig:
 
     k: int = knob(5, "Cut-off K of HR@K and NDCG@K.")
     batch_users: int = knob(1024, "Test users scored per forward pass (global).")
+    population_stats_batches: int = knob(
+        64,
+        "Before evaluation, the statistics of batch-normalising layers (DIN's Dice) are recomputed "
+        "exactly over the last this many training batches (PreciseBN); 0 = use the running averages, "
+        "which trail the weights.",
+    )
 
 
 @dataclass
@@ -550,7 +621,8 @@ class DistConfig:
         "Per-table sharding types overriding dist.sharding, e.g. {rec_item: row_wise, rg0_user: "
         "table_wise} (on the command line also rec_item=row_wise,rg0_user=table_wise). Tables are "
         "<prefix>_item, <prefix>_category and <prefix>_user with prefixes rec (the recommender), "
-        "rg0, rg1, ... (the recognisers), plus model-specific ones (e.g. rec_wide_*); unknown "
+        "rg0, rg1, ... (the recognisers; the transformer recogniser has no user table), plus "
+        "model-specific ones (e.g. rec_wide_*); unknown "
         "names are an error that lists the model's tables.",
     )
     dense: Literal["ddp", "deepspeed"] = knob(
@@ -864,6 +936,7 @@ def validate(cfg: Config) -> None:
         "atjt.num_parts": cfg.atjt.num_parts,
         "atjt.replace_count": cfg.atjt.replace_count,
         "atjt.recognizer_batch_size": cfg.atjt.recognizer_batch_size,
+        "atjt.recognizer_batches_per_step": cfg.atjt.recognizer_batches_per_step,
         "model.embedding_dim": cfg.model.embedding_dim,
         "eval.k": cfg.eval.k,
         "eval.batch_users": cfg.eval.batch_users,
@@ -888,6 +961,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.max_steps' must be >= 1 or null, got {cfg.train.max_steps}")
     if cfg.checkpoint.every < 0:
         raise ConfigError(f"config key 'checkpoint.every' must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
+    if cfg.atjt.recognizer_warmup_steps < 0:
+        raise ConfigError(f"config key 'atjt.recognizer_warmup_steps' must be >= 0, got {cfg.atjt.recognizer_warmup_steps}")
+    if cfg.eval.population_stats_batches < 0:
+        raise ConfigError(f"config key 'eval.population_stats_batches' must be >= 0 (0 = running averages), got {cfg.eval.population_stats_batches}")
     if cfg.checkpoint.keep < 1:
         raise ConfigError(f"config key 'checkpoint.keep' must be >= 1, got {cfg.checkpoint.keep}")
     if cfg.resume and not cfg.run_dir:
@@ -896,6 +973,7 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
     cfg.data.synthetic.check()
+    cfg.atjt.recognizer.check()
     for section in (cfg.model.dcn, cfg.model.wide_deep, cfg.model.sasrec, cfg.model.fearec, cfg.model.s3rec):
         section.check()
     cfg.dist.check()

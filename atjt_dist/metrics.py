@@ -70,6 +70,18 @@ clean = 1). It is NaN when only one class (or nothing) is present. :func:`gather
 all-gathers the variable-length per-rank scores and labels first, so it is the AUC of the union,
 not a mean of per-rank AUCs.
 
+The popularity ranker
+---------------------
+The baseline every model must beat: rank each test user's candidates by the items' interaction
+counts among the *training* data (:func:`training_popularity`; test positives never count, so
+the ranker sees what a model trains on). It lives here, next to the metrics it is measured
+with, because two places score it: ``Trainer.evaluate`` (every run's ``popularity`` entry, over
+the same batches and ranks as the model, through :class:`CandidateMetrics`) and ``reproduce``
+(one row per dataset, :func:`popularity_metrics`); both give bit-identical numbers. Ties (equal
+counts) get the expected rank, as for models. Its paper_compat HR is NaN
+(:func:`popularity_result`): the paper counts a hit only when P(positive) > 0.5, which a count
+does not define.
+
 Non-finite scores: +-inf compare normally. NaN scores raise ``ValueError``; in the candidate
 metrics they are counted (``nan_users``) and the error is raised by :func:`finalize`, after the
 reduction, so that every rank raises together instead of one rank leaving the others blocked
@@ -82,6 +94,7 @@ import math
 import operator
 import re
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -92,7 +105,11 @@ __all__ = [
     "candidate_metrics",
     "finalize",
     "gather_binary_auc",
+    "popularity_metrics",
+    "popularity_result",
+    "popularity_scores",
     "reduce_sums",
+    "training_popularity",
 ]
 
 _QUANTUM = 2.0**-30  # per-user values are rounded to this grid so that float64 sums are exact
@@ -311,6 +328,77 @@ class CandidateMetrics:
     def compute(self, group=None) -> dict:
         """All-reduce the sums over ``group`` (if a process group is initialised), then average."""
         return finalize(reduce_sums(self.sums(), group))
+
+
+# ---------------------------------------------------------------------------------------------
+# The popularity ranker (the baseline every run reports beside its metrics)
+# ---------------------------------------------------------------------------------------------
+
+
+def training_popularity(data, split: str = "kfold", fold: int = 0) -> np.ndarray:
+    """Interactions per item among the training data of the split (int64 [num_items + 1]).
+
+    ``data``: a dataset directory (path) or its opened arrays (``data.layout.DatasetArrays``,
+    e.g. ``TrainingData.arrays``). 'kfold': the whole sequences of the users outside ``fold``
+    (also those too short to give a training sample: they are training interactions all the
+    same); 'loo': every user's sequence without its last (test) item. Test positives never
+    count, so the ranker sees what a model trains on.
+    """
+    if not hasattr(data, "seq_items"):
+        from .data.layout import open_arrays  # lazily: the metrics need no dataset otherwise
+
+        data = open_arrays(data)
+    offsets = np.asarray(data.seq_offsets, dtype=np.int64)
+    items = np.asarray(data.seq_items)
+    lengths = np.diff(offsets)
+    if split == "kfold":
+        train = np.asarray(data.fold) != fold
+        keep = np.repeat(train, lengths)
+    elif split == "loo":
+        keep = np.ones(len(items), dtype=bool)
+        keep[offsets[1:][lengths > 0] - 1] = False
+    else:
+        from .config import ConfigError
+
+        raise ConfigError(f"data.split={split!r}: expected 'kfold' or 'loo'")
+    return np.bincount(items[keep], minlength=data.num_items + 1).astype(np.int64)
+
+
+def popularity_scores(popularity: np.ndarray, candidates, device=None) -> torch.Tensor:
+    """The popularity ranker's scores of candidate rows ``candidates`` (item ids [users, C],
+    positive first): each candidate's training count, float64 (exact for any count < 2**53)."""
+    counts = np.asarray(popularity, dtype=np.float64)[np.asarray(candidates)]
+    return torch.from_numpy(counts).to(device) if device is not None else torch.from_numpy(counts)
+
+
+def popularity_result(result: dict) -> dict:
+    """The popularity ranker's metrics from :func:`finalize`'s: the same keys, with the
+    paper_compat HR set to NaN (the paper's hit needs P(positive) > 0.5; a count is not a
+    probability, and a count > 0 read as a logit would make nearly every top-K a hit)."""
+    out = dict(result)
+    out["paper_compat"] = {
+        key: (math.nan if _KEY_RE.match(key) else value) for key, value in result["paper_compat"].items()
+    }
+    return out
+
+
+def popularity_metrics(data, split: str = "kfold", fold: int = 0, k: int = 5) -> dict:
+    """Test metrics of ranking each test user's stored candidates by training popularity.
+
+    The same test users and candidates as a trained model's evaluation (kfold: the users of
+    ``fold``; loo: every user), computed in this process (``Trainer.evaluate`` computes the same
+    numbers, bit for bit, across ranks). ``data`` as in :func:`training_popularity`. Returns the
+    keys of Trainer.evaluate (auc, hr@k, ndcg@k, users, paper_compat), with the paper_compat HR
+    NaN (:func:`popularity_result`).
+    """
+    if not hasattr(data, "seq_items"):
+        from .data.layout import open_arrays
+
+        data = open_arrays(data)
+    users = np.flatnonzero(np.asarray(data.fold) == fold) if split == "kfold" else np.arange(data.num_users)
+    pop = training_popularity(data, split, fold)
+    scores = popularity_scores(pop, np.asarray(data.candidates)[users])
+    return popularity_result(finalize(candidate_metric_sums(scores, k)))
 
 
 # ---------------------------------------------------------------------------------------------

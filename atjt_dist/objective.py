@@ -12,6 +12,10 @@ weighted BCE on logits), with per-row weights and masks:
             with the largest loss, eps(t) = eps_max * min(t / T, 1) ** exponent; the mean BCE
             of the kept rows. As in the authors' code the dropped count is a share of all the
             batch's rows, chosen among the positives.
+- ``oracle``  the planted-noise oracle (METHOD.md section 10; only on data with ground truth):
+            w = 0 on every row of a planted-noise user, else 1, self-normalised as ATJT's loss
+            is; ``oracle_item`` removes the planted items from the histories and gives w = 0 to
+            a row whose target is planted. It shows how much room a testbed leaves for denoising.
 - ``rce``   reweighted loss (same paper): positives weighted sigmoid(x)^beta, negatives
             (1 - sigmoid(x))^beta, detached; the mean over all rows of the weighted BCE (the
             authors' normalisation), i.e. the kernel's self-normalised loss times W / N.
@@ -41,7 +45,9 @@ from .collectives import global_sum, world_size
 from .config import Config
 from .models.batch import SequenceBatch
 
-OBJECTIVES = ("bce", "atjt", "tce", "rce")
+OBJECTIVES = ("bce", "atjt", "tce", "rce", "oracle", "oracle_item")
+#: the oracle objectives and the level of ground truth each uses (data.dataset builds the weights)
+ORACLE_LEVELS = {"oracle": "user", "oracle_item": "item"}
 
 
 def objective_name(cfg: Config) -> str:
@@ -151,6 +157,8 @@ def compute_losses(
             weights = w_seq[rows_of]  # a sequence's rows share its weight
             stats["weight_sum"] = w_seq.detach().sum()
             stats["weight_n"] = torch.tensor(float(w_seq.numel()), device=device)
+        elif name in ORACLE_LEVELS:  # ground-truth weights built with the batch
+            weights = rec.weight[rows_of] if "seq_logits" in out else rec.weight
         elif name == "rce":
             with torch.no_grad():
                 p = torch.sigmoid(logits.float())
@@ -186,8 +194,16 @@ def compute_losses(
 
     if "aux_logits" in out and a.variant != "no_aux":
         aux_logits = out["aux_logits"].float()
-        local = F.binary_cross_entropy_with_logits(aux_logits, aux.label, reduction="sum")
-        aux_share = local / (aux_logits.numel() * world)  # equal rows per rank (rank_slice)
+        if "aux_item_logits" in out:
+            # The item-level detector: per-history-item BCE on "this item is clean", averaged
+            # over the valid items of the global batch (ranks hold different item counts).
+            valid = aux.mask
+            item_logits = out["aux_item_logits"].float()[valid]
+            local = F.binary_cross_entropy_with_logits(item_logits, (~aux.replaced[valid]).float(), reduction="sum")
+            aux_share = local / global_sum(torch.tensor(float(item_logits.numel()), device=device)).clamp_min(1.0)
+        else:
+            local = F.binary_cross_entropy_with_logits(aux_logits, aux.label, reduction="sum")
+            aux_share = local / (aux_logits.numel() * world)  # equal rows per rank (rank_slice)
         share = share + a.aux_weight * aux_share
         stats["loss_aux"] = aux_share.detach()
         log_share = log_share + a.aux_weight * stats["loss_aux"]

@@ -24,7 +24,8 @@ Outputs, rewritten at the end from every finished run of the requested grid:
   and NDCG@K as mean ± standard deviation over seeds (sample std; n in the seeds column), once
   with the standard metrics and once with the paper_compat variants. Each dataset also gets a
   ``popularity`` row: the test candidates ranked by the items' interaction counts among the
-  training users (no model). Its paper_compat HR is undefined (a count is not a probability,
+  training users (no model; :func:`atjt_dist.metrics.popularity_metrics`, the same numbers
+  every run's metrics.json carries under ``popularity``). Its paper_compat HR is undefined (a count is not a probability,
   and the paper's HR needs P > 0.5) and shown as –.
 - RUN_DIR/results.json: the same numbers, every run's metrics and directory, and the command.
 
@@ -46,14 +47,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
 import torch.distributed as dist
 
 from .cli import run_cli
 from .compare import METHODS, _pop_list
 from .config import Config, ConfigError, build_config
-from .data.layout import DatasetError, open_arrays, read_meta
+from .data.layout import DatasetError, read_meta
+# The popularity ranker lives with the metrics (Trainer.evaluate scores it too); re-exported here.
+from .metrics import popularity_metrics, training_popularity  # noqa: F401
 from .runlog import setup_logging, write_json
 
 log = logging.getLogger("atjt_dist")
@@ -61,54 +62,6 @@ log = logging.getLogger("atjt_dist")
 MODELS = ("din", "dcn", "wide_deep", "fearec", "sasrec", "s3rec")
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "configs" / "grid"
 POPULARITY = "popularity"
-
-
-# ---------------------------------------------------------------------------------------------
-# The popularity ranker
-# ---------------------------------------------------------------------------------------------
-
-
-def training_popularity(data_path: str | Path, split: str = "kfold", fold: int = 0) -> np.ndarray:
-    """Interactions per item among the training data of the split (int64 [num_items + 1]).
-
-    'kfold': the whole sequences of the users outside ``fold``; 'loo': every user's sequence
-    without its last (test) item. Test positives never count, so the ranker sees what a model
-    trains on.
-    """
-    a = open_arrays(data_path)
-    offsets = np.asarray(a.seq_offsets, dtype=np.int64)
-    items = np.asarray(a.seq_items)
-    lengths = np.diff(offsets)
-    if split == "kfold":
-        train = np.asarray(a.fold) != fold
-        keep = np.repeat(train, lengths)
-    elif split == "loo":
-        keep = np.ones(len(items), dtype=bool)
-        keep[offsets[1:][lengths > 0] - 1] = False
-    else:
-        raise ConfigError(f"data.split={split!r}: expected 'kfold' or 'loo'")
-    return np.bincount(items[keep], minlength=a.num_items + 1).astype(np.int64)
-
-
-def popularity_metrics(data_path: str | Path, split: str = "kfold", fold: int = 0, k: int = 5) -> dict:
-    """Test metrics of ranking each test user's stored candidates by training popularity.
-
-    The same test users and candidates as a trained model's evaluation (kfold: the users of
-    ``fold``; loo: every user). Ties (equal counts) get the expected rank, as for models.
-    Returns the keys of Trainer.evaluate (auc, hr@k, ndcg@k, users, paper_compat), with the
-    paper_compat HR set to NaN: the paper counts a hit only when P(positive) > 0.5, which a
-    count does not define.
-    """
-    from .metrics import candidate_metrics
-
-    a = open_arrays(data_path)
-    users = np.flatnonzero(np.asarray(a.fold) == fold) if split == "kfold" else np.arange(a.num_users)
-    pop = training_popularity(data_path, split, fold).astype(np.float64)
-    scores = torch.from_numpy(pop[np.asarray(a.candidates)[users]])
-    standard = candidate_metrics(scores, k)
-    paper = candidate_metrics(scores, k, paper_compat=True)
-    paper[f"hr@{k}"] = float("nan")
-    return {**standard, "users": int(len(users)), "paper_compat": paper}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     RUN_DIR/
       config.yaml      the resolved config (--config RUN_DIR/config.yaml repeats the run)
       metrics.jsonl    one JSON record per log interval, phase end and evaluation (plottable)
-      metrics.json     the final test metrics: auc, hr@K, ndcg@K, paper_compat {...}
+      metrics.json     the final test metrics: auc, hr@K, ndcg@K, paper_compat {...}, and
+                       popularity {...}: the same of the popularity ranker (the bar to clear)
       weights.parquet  (runs with a recogniser) every training user's cross-fitted weight
                        P(clean), and its planted-noise ground truth where the dataset has one
       events.out.tfevents.*  TensorBoard's copy of the records (log.tensorboard)
@@ -379,14 +380,46 @@ def progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
 
+def _table_cell(value: Any) -> str:
+    """A metric for the table: 4 decimals, or – when undefined (NaN, or null in metrics.json)."""
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
 def metrics_table(rows: dict[str, dict], k: int) -> str:
-    """A Markdown table of test metrics, one row per run (standard and paper_compat)."""
+    """A Markdown table of test metrics, one row per run (standard and paper_compat).
+
+    A run whose metrics carry ``popularity`` (Trainer.evaluate: the popularity ranker on the
+    same test candidates) gets a ``popularity`` row right under its own, so the bar a model must
+    clear is read beside it. Undefined values (the ranker's paper HR) show as –.
+    """
     head = f"| run | AUC | HR@{k} | NDCG@{k} | HR@{k} (paper) | NDCG@{k} (paper) |"
     lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, m in rows.items():
+
+    def row(name: str, m: dict) -> str:
         pc = m.get("paper_compat", {})
-        lines.append(
-            f"| {name} | {m['auc']:.4f} | {m[f'hr@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | "
-            f"{pc.get(f'hr@{k}', float('nan')):.4f} | {pc.get(f'ndcg@{k}', float('nan')):.4f} |"
-        )
+        cells = [m.get("auc"), m.get(f"hr@{k}"), m.get(f"ndcg@{k}"), pc.get(f"hr@{k}"), pc.get(f"ndcg@{k}")]
+        return f"| {name} | " + " | ".join(_table_cell(c) for c in cells) + " |"
+
+    for name, m in rows.items():
+        lines.append(row(name, m))
+        if isinstance(m.get("popularity"), dict):
+            lines.append(row("popularity", m["popularity"]))
     return "\n".join(lines) + "\n"
+
+
+def popularity_warning(metrics: dict) -> Optional[str]:
+    """A one-line warning when the model's test AUC is not above the popularity ranker's (the
+    model learnt no more than item counts: usually too few steps or too low a learning rate),
+    else None. None also when the metrics have no popularity entry or its AUC is undefined."""
+    pop = metrics.get("popularity")
+    pop_auc = pop.get("auc") if isinstance(pop, dict) else None
+    if pop_auc is None or math.isnan(pop_auc):
+        return None
+    auc = metrics.get("auc")
+    if auc is not None and auc > pop_auc:  # a NaN model AUC is not above it either
+        return None
+    return (
+        f"the model's test AUC {_table_cell(auc)} is not above the popularity ranker's {pop_auc:.4f} "
+        "(items ranked by their training interaction counts): train longer (more train.epochs, "
+        "no train.max_steps cap) or with a higher train.lr before reading its metrics"
+    )

@@ -15,6 +15,9 @@ dataset's raw ids, so a person can look at the suspicious histories and clean th
     history   list<string>   raw ids of the window's history items, oldest first (at most L)
     target    string         raw id of the window's target, the user's last training item
     length    int32          the user's number of training items (the window shows the last L + 1)
+    item_noise list<float32> only for an item-level recogniser (atjt.recognizer.kind=transformer):
+                             P(noisy) of each history item, aligned with ``history`` (position i
+                             of the list is the i-th oldest item of the window)
     noisy     bool           only for datasets with planted noise: the user's ground truth
 
 Rows are sorted by (weight, user). The file is written atomically (a temporary file beside it,
@@ -214,8 +217,12 @@ def window_columns(data, users: np.ndarray, raw_items: pa.Array) -> tuple[pa.Arr
     return history.cast(pa.list_(pa.string())), target, (pos + 1).astype(np.int32)
 
 
-def build_table(trainer, users: np.ndarray, weights: np.ndarray, raw_users: pa.Array, raw_items: pa.Array) -> pa.Table:
-    """The scores table, sorted by suspicion (lowest weight first, then user id)."""
+def build_table(
+    trainer, users: np.ndarray, weights: np.ndarray, raw_users: pa.Array, raw_items: pa.Array, item_noise: Optional[np.ndarray] = None
+) -> pa.Table:
+    """The scores table, sorted by suspicion (lowest weight first, then user id);
+    ``item_noise`` [n, L] (the item-level recogniser's P(noisy) of each window's history items,
+    oldest first, aligned with ``users``) adds the ``item_noise`` column."""
     order = np.lexsort((users, weights))
     users, weights = users[order].astype(np.int64), weights[order].astype(np.float32)
     part_of = np.full(int(trainer.data.meta["num_users"]), -1, dtype=np.int16)
@@ -231,6 +238,12 @@ def build_table(trainer, users: np.ndarray, weights: np.ndarray, raw_users: pa.A
         "target": target,
         "length": pa.array(length),
     }
+    if item_noise is not None:
+        counts = np.minimum(length - 1, trainer.data.L)  # the window's history items
+        valid = np.arange(item_noise.shape[1])[None, :] < counts[:, None]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        values = pa.array(item_noise[order][valid].astype(np.float32))
+        columns["item_noise"] = pa.LargeListArray.from_arrays(pa.array(offsets), values).cast(pa.list_(pa.float32()))
     noise = trainer.data.arrays.noise_users
     if noise is not None:
         columns["noisy"] = pa.array(np.asarray(noise, dtype=bool)[users])
@@ -290,11 +303,16 @@ def score_run(
         trainer = Trainer(cfg, ctx=ctx)
         load_weights(trainer, weights, kind)
         users, w = trainer.score_training_users()
-        gathered = gather_to_main(users.cpu().numpy(), w.float().cpu().numpy())
+        arrays = [users.cpu().numpy(), w.float().cpu().numpy()]
+        items = trainer.score_training_items()  # the same windows in the same order, or None
+        if items is not None:
+            arrays.append(items[2].float().cpu().numpy().reshape(-1))
+        gathered = gather_to_main(*arrays)
         table = None
         if gathered is not None:
             raw_users, raw_items = raw_ids(data_path)
-            table = build_table(trainer, gathered[0], gathered[1], raw_users, raw_items)
+            item_noise = gathered[2].reshape(len(gathered[0]), -1) if items is not None else None
+            table = build_table(trainer, gathered[0], gathered[1], raw_users, raw_items, item_noise)
             write_parquet_atomic(table, output)
             log.info("scored %d training users of %s (weights %s): %s", table.num_rows, run_dir, weights, output)
         return table

@@ -2,15 +2,20 @@
 
 With no arguments: the embedded default (synthetic data with planted noise, DIN, ATJT on).
 Under torchrun every process runs this same entry point; rank 0 prints and writes.
+
+The printed table has the model's row and, under it, the popularity ranker's on the same test
+candidates; a model whose AUC is not above the ranker's gets one warning line (stderr and
+train.log), since its other numbers then say little.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from .cli import run_cli
 from .config import build_config
-from .runlog import metrics_table
+from .runlog import metrics_table, popularity_warning
 from .trainer import run_training
 
 
@@ -21,6 +26,9 @@ def _main(argv: list[str]) -> int:
     trainer, metrics = run_training(cfg)
     if trainer.ctx.is_main:
         print(metrics_table({f"{cfg.model.name} {trainer.method}": metrics}, cfg.eval.k))
+        warning = popularity_warning(metrics)
+        if warning:
+            logging.getLogger("atjt_dist").warning("%s", warning)
         print(f"run directory: {trainer.run_dir}")
     return 0
 

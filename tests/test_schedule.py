@@ -139,3 +139,60 @@ def test_batches_are_a_pure_function_of_the_seed(tiny_dataset):
     assert np.array_equal(s1.recommender_batch(p).target, s2.recommender_batch(p).target)
     assert np.array_equal(s1.recognizer_batch(p).hist, s2.recognizer_batch(p).hist)
     assert not np.array_equal(s1.recommender_batch(p).user, s3.recommender_batch(p).user)
+
+
+def _replaced_positions(sched) -> tuple[np.ndarray, np.ndarray]:
+    """(r, history length) of every replaced item over the first phase's first epoch of
+    recogniser batches (r = 1 is the most recent history item)."""
+    ph = sched.phases[0]
+    rs, ns = [], []
+    for plan in sched.steps():
+        if plan.phase != 0 or plan.epoch != 0:
+            break
+        aux = sched.recognizer_batch(plan)
+        rows, cols = np.nonzero(aux.replaced)
+        assert np.array_equal(np.unique(rows), np.flatnonzero(aux.label == 0))  # one item per corrupted row
+        rs.append(aux.lengths[rows] - cols)
+        ns.append(aux.lengths[rows])
+    assert ph.aux_batches > 0
+    return np.concatenate(rs), np.concatenate(ns)
+
+
+def test_sliding_epoch_replaces_positions_uniformly_over_each_rows_own_history(tiny_dataset):
+    # Sliding batches mix history lengths 1..L; by default r is uniform on 1..n for a row of
+    # n items, so r / n is spread over (0, 1] and r = 1 has probability 1/n, not ~1.
+    sched, _ = _schedule(tiny_dataset, "--data.mode=sliding", "--atjt.recognizer_batch_size=64")
+    r, n = _replaced_positions(sched)
+    assert len(r) > 1500 and np.all((1 <= r) & (r <= n))
+    expected_recent = (1.0 / n).sum()  # E[#(r = 1)] under per-row uniform draws
+    assert abs((r == 1).sum() - expected_recent) < 4 * np.sqrt(expected_recent)
+    u = (r - 0.5) / n  # for long rows ~ uniform on (0, 1)
+    long_rows = n >= 10
+    assert abs(u[long_rows].mean() - 0.5) < 0.03
+    # The literal per-batch rule (a switch) collapses to the most recent item in sliding mode.
+    literal, _ = _schedule(tiny_dataset, "--data.mode=sliding", "--atjt.recognizer_batch_size=64", "--atjt.per_row_position=false")
+    r_literal, _ = _replaced_positions(literal)
+    assert (r_literal == 1).mean() > 0.9 > (r == 1).mean() + 0.5
+
+
+def test_recognizer_budget_warmup_and_batches_per_step(tiny_dataset):
+    plain, _ = _schedule(tiny_dataset)
+    sched, _ = _schedule(tiny_dataset, "--atjt.recognizer_warmup_steps=3", "--atjt.recognizer_batches_per_step=2")
+    steps = list(sched.steps())
+    assert len(steps) == sched.total_steps() == plain.total_steps() + 3 * len(sched.phases)
+    assert [p.step for p in steps] == list(range(len(steps)))
+    for phase in range(len(sched.phases)):
+        mine = [p for p in steps if p.phase == phase]
+        assert [p.stage for p in mine[:3]] == [RECOGNIZER_ONLY] * 3 and all(p.warmup for p in mine[:3])
+        assert all(p.stage == JOINT and not p.warmup for p in mine[3:])
+        # every step reads the next K * (N-1) = 2 batches of the phase's B^D stream, in order
+        read = [k for p in mine for k in p.recognizer_batches]
+        assert read == list(range(2 * len(mine)))
+    warm = steps[0]
+    assert sched.recognizer_batch(warm) is not None and len(sched.recognizer_batch(warm)) == 64
+
+
+def test_default_budget_is_the_papers_schedule(tiny_dataset):
+    sched, _ = _schedule(tiny_dataset)
+    for p in sched.steps():
+        assert p.recognizer_batches == (p.phase_batch,) and not p.warmup  # N = 2: batch i pairs with B^D batch i

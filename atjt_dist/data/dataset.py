@@ -67,6 +67,8 @@ class BatchArrays:
     row_ids: np.ndarray  # int64 [R]
     neg_seq: Optional[np.ndarray] = None  # int32 [R, L]: next-item training's negatives
     candidates: Optional[np.ndarray] = None  # int32 [R, C]: a user's test candidates (one row per user)
+    replaced: Optional[np.ndarray] = None  # bool [R, L]: recogniser batches: the history items corruption replaced
+    weight: Optional[np.ndarray] = None  # float32 [R]: oracle training only: the ground-truth weight of each row
 
     def __len__(self) -> int:
         return len(self.user)
@@ -208,7 +210,7 @@ class TrainingData:
 
     # -- batch builders -------------------------------------------------------------------
 
-    def _windows(self, sample_ids: np.ndarray, space: SampleSpace, row_ids: np.ndarray, label: float) -> BatchArrays:
+    def _windows(self, sample_ids: np.ndarray, space: SampleSpace, row_ids: np.ndarray, label: float, oracle: Optional[str] = None) -> BatchArrays:
         n = len(sample_ids)
         users = np.empty(n, dtype=np.int64)
         pos = np.empty(n, dtype=np.int64)
@@ -225,18 +227,56 @@ class TrainingData:
         )
         a = self.arrays
         fill_windows(a.seq_items, a.seq_offsets, a.item_category, users, pos, b.hist, b.hist_cat, b.lengths, b.target, b.target_cat)
+        if oracle is not None:
+            b.weight = self._oracle_weights(b, pos, oracle)
         return b
 
-    def recommender_batch(self, space: SampleSpace, order: np.ndarray, index: int, global_batch: int, counters: tuple[int, ...]) -> BatchArrays:
+    def _oracle_weights(self, b: BatchArrays, positions: np.ndarray, level: str) -> np.ndarray:
+        """The ground-truth weights of an oracle that knows the planted noise (METHOD.md
+        section 10): 'user' gives every row of a planted-noise user weight 0; 'item' removes
+        the planted items from each history (in place: the rest move left, the order kept) and
+        gives weight 0 to a row whose target is planted. Needs the dataset's noise.parquet."""
+        a = self.arrays
+        if a.noise_users is None:
+            raise DatasetError(f"{a.path}: an oracle needs planted-noise ground truth (noise.parquet); this dataset has none")
+        if level == "user":
+            return (~a.noise_users[b.user]).astype(np.float32)
+        target, planted_hist = self.planted_in_windows(b.user, positions, b.lengths)
+        weight = (~target).astype(np.float32)
+        cols = np.arange(self.L)
+        keep = (cols[None, :] < b.lengths[:, None]) & ~planted_hist
+        order = np.argsort(~keep, axis=1, kind="stable")  # kept items first, in time order
+        b.lengths = keep.sum(1).astype(np.int32)
+        now_valid = cols[None, :] < b.lengths[:, None]
+        b.hist = np.where(now_valid, np.take_along_axis(b.hist, order, 1), 0).astype(np.int32)
+        b.hist_cat = np.where(now_valid, np.take_along_axis(b.hist_cat, order, 1), 0).astype(np.int32)
+        return weight
+
+    def planted_in_windows(self, users: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Planted-noise ground truth of windows (the target at ``positions`` of each user's
+        sequence, the ``lengths`` items before it as the left-aligned history): whether each
+        target is planted [n], and each history cell [n, L] (False at padding)."""
+        a = self.arrays
+        start = np.asarray(a.seq_offsets)[users] + positions  # flat index of each target
+        cols = np.arange(self.L)
+        valid = cols[None, :] < lengths[:, None]
+        flat = np.where(valid, start[:, None] - lengths[:, None] + cols[None, :], 0)
+        return a.planted[start], valid & a.planted[flat]
+
+    def recommender_batch(
+        self, space: SampleSpace, order: np.ndarray, index: int, global_batch: int, counters: tuple[int, ...], oracle: Optional[str] = None
+    ) -> BatchArrays:
         """This rank's rows of recommender batch ``index``: its positives, then their negatives.
 
         Row i of the positives and row i of the negatives share the user and the history;
         the negative's target is drawn by the negative sampler (never an item of the user).
+        ``oracle`` ('user' or 'item') adds the planted-noise oracle's row weights (see
+        ``_oracle_weights``); the negatives are drawn exactly as without it.
         """
         sl = rank_slice(global_batch, self.rank, self.world)
         row_ids = np.arange(sl.start, sl.stop, dtype=np.int64)
         samples = order[index * global_batch + sl.start : index * global_batch + sl.stop]
-        pos = self._windows(samples, space, row_ids, 1.0)
+        pos = self._windows(samples, space, row_ids, 1.0, oracle)
         neg_items = np.empty(len(samples), dtype=np.int32)
         prob, alias = self.negative_alias
         sample_negatives(
@@ -251,9 +291,12 @@ class TrainingData:
             target_cat=np.concatenate([pos.target_cat, self.arrays.item_category[neg_items]]),
             label=np.concatenate([pos.label, np.zeros(len(samples), dtype=np.float32)]),
             row_ids=np.concatenate([row_ids, row_ids + global_batch]),
+            weight=None if pos.weight is None else np.concatenate([pos.weight, pos.weight]),
         )
 
-    def recommender_sequences(self, space: SampleSpace, order: np.ndarray, index: int, global_batch: int, counters: tuple[int, ...]) -> BatchArrays:
+    def recommender_sequences(
+        self, space: SampleSpace, order: np.ndarray, index: int, global_batch: int, counters: tuple[int, ...], oracle: Optional[str] = None
+    ) -> BatchArrays:
         """This rank's rows of a next-item batch: one row per sample (its history and target),
         with a sampled negative for every history position (``neg_seq``, 0 at padding).
 
@@ -263,7 +306,7 @@ class TrainingData:
         sl = rank_slice(global_batch, self.rank, self.world)
         row_ids = np.arange(sl.start, sl.stop, dtype=np.int64)
         samples = order[index * global_batch + sl.start : index * global_batch + sl.stop]
-        b = self._windows(samples, space, row_ids, 1.0)
+        b = self._windows(samples, space, row_ids, 1.0, oracle)
         L = self.L
         flat_rows = (row_ids[:, None] * L + np.arange(L)[None, :]).reshape(-1)
         negatives = np.empty(len(flat_rows), dtype=np.int32)
@@ -284,7 +327,7 @@ class TrainingData:
         *,
         noise_fraction: float = 0.5,
         replace_count: int = 1,
-        per_row_position: bool = False,
+        per_row_position: bool = True,
         replacement: str = "uniform",
     ) -> BatchArrays:
         """This rank's rows of a corrupted recogniser batch; label 1 = clean, 0 = corrupted."""
@@ -295,6 +338,7 @@ class TrainingData:
         # Batch-wide quantities come from the global batch so every rank agrees.
         global_min = int(min(self.L, self._min_history(space, global_samples)))
         noisy = noisy_rows(stream_key(self.seed, "corrupt_rows", *counters), global_batch, noise_fraction)
+        original = b.hist.copy()
         b.label = corrupt_batch(
             seed=self.seed,
             counters=counters,
@@ -310,6 +354,9 @@ class TrainingData:
             per_row_position=per_row_position,
             replacement_alias=self.replacement_alias if replacement == "popularity" else None,
         )
+        # A replacement always differs from the item it replaces, so the changed cells are
+        # exactly the replaced ones (the item-level recogniser's per-position labels).
+        b.replaced = b.hist != original
         return b
 
     def _min_history(self, space: SampleSpace, samples: np.ndarray) -> int:

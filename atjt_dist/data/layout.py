@@ -73,6 +73,8 @@ class DatasetArrays:
     popularity: np.ndarray
     candidates: np.ndarray
     noise_users: Optional[np.ndarray]  # bool [num_users]: planted noise ground truth, if any
+    #: bool [num_interactions], aligned with seq_items: the planted interactions (ground truth)
+    planted: Optional[np.ndarray] = None
 
     @property
     def num_users(self) -> int:
@@ -378,12 +380,15 @@ def open_arrays(path: str | Path) -> DatasetArrays:
             pass  # read-only dataset: use the in-memory arrays
     else:
         arrays = {n: np.load(array_dir / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES}
-    noise_users = None
+    noise_users = planted = None
     if meta.get("has_noise_ground_truth"):
-        noisy = pq.read_table(path / "noise.parquet", columns=["user"]).column("user").to_numpy()
+        truth = pq.read_table(path / "noise.parquet", columns=["user", "position"])
+        noisy = truth.column("user").to_numpy().astype(np.int64)
         noise_users = np.zeros(meta["num_users"], dtype=bool)
         noise_users[noisy] = True
-    ds = DatasetArrays(path=path, meta=meta, noise_users=noise_users, **arrays)
+        planted = np.zeros(len(arrays["seq_items"]), dtype=bool)
+        planted[np.asarray(arrays["seq_offsets"])[noisy] + truth.column("position").to_numpy()] = True
+    ds = DatasetArrays(path=path, meta=meta, noise_users=noise_users, planted=planted, **arrays)
     _check_consistent(ds)
     return ds
 

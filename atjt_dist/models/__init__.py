@@ -1,4 +1,4 @@
-"""Models: the base recommenders (registry below) and the noise recogniser."""
+"""Models: the base recommenders (registry below) and the noise recognisers (models.recognizers)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 
 from ..config import ModelConfig
 from .base import ModelSpec, Recommender, SequentialRecommender
-from .recognizer import NoiseRecognizer
+from .recognizers import ItemLevelRecognizer, NoiseRecognizer, PositionAwareRecognizer, Recognizer, build_recognizer
 
 #: name -> "module:Class" of every base recommender (imported on first use)
 REGISTRY: dict[str, str] = {
@@ -33,4 +33,16 @@ def build_recommender(spec: ModelSpec, cfg: ModelConfig) -> Recommender:
     return model_class(cfg.name)(spec, cfg)
 
 
-__all__ = ["REGISTRY", "ModelSpec", "NoiseRecognizer", "Recommender", "SequentialRecommender", "build_recommender", "model_class"]
+__all__ = [
+    "REGISTRY",
+    "ItemLevelRecognizer",
+    "ModelSpec",
+    "NoiseRecognizer",
+    "PositionAwareRecognizer",
+    "Recognizer",
+    "Recommender",
+    "SequentialRecommender",
+    "build_recognizer",
+    "build_recommender",
+    "model_class",
+]

@@ -45,6 +45,10 @@ class SequenceBatch:
     neg_seq: Optional[torch.Tensor] = None  # int64 [B, L]
     #: evaluation of sequential models: the row's candidate items, scored from one encoding
     candidates: Optional[torch.Tensor] = None  # int64 [B, C]
+    #: corrupted recogniser batches: True at the history items that corruption replaced
+    replaced: Optional[torch.Tensor] = None  # bool [B, L]
+    #: oracle training only: each row's ground-truth weight (0 = planted noise)
+    weight: Optional[torch.Tensor] = None  # float32 [B]
 
     @classmethod
     def from_arrays(cls, arrays) -> "SequenceBatch":
@@ -60,6 +64,8 @@ class SequenceBatch:
             label=torch.from_numpy(np.ascontiguousarray(arrays.label)).float(),
             neg_seq=t(arrays.neg_seq) if getattr(arrays, "neg_seq", None) is not None else None,
             candidates=t(arrays.candidates) if getattr(arrays, "candidates", None) is not None else None,
+            replaced=torch.from_numpy(np.ascontiguousarray(arrays.replaced)) if getattr(arrays, "replaced", None) is not None else None,
+            weight=torch.from_numpy(np.ascontiguousarray(arrays.weight)).float() if getattr(arrays, "weight", None) is not None else None,
         )
 
     def __len__(self) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,12 @@ class Dice(nn.Module):
     ``alpha`` is learned per feature. The batch statistics are taken over the valid positions
     only (``mask``) and over the *global* batch when several ranks train together, so the
     activation of a row does not depend on how the batch was split across processes.
+
+    The running statistics (an exponential average with ``momentum``) trail the weights: at the
+    learning rates that train on small data they were far behind the last steps, and evaluation
+    with them made DIN's test AUC swing by up to 0.26 with the seed. Evaluation therefore uses
+    population statistics recomputed over training batches (:func:`population_statistics`),
+    as PreciseBN does (Wu and Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01) -> None:
@@ -27,6 +34,9 @@ class Dice(nn.Module):
         self.momentum = momentum
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
+        #: while recomputing population statistics: summed global moments [sum, sum of squares,
+        #: count] of the batches seen (None otherwise; see population_statistics)
+        self.population_moments: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.training:
@@ -40,12 +50,50 @@ class Dice(nn.Module):
             mean = moments[:h] / count
             var = (moments[h : 2 * h] / count - mean * mean).clamp_min(0.0)
             with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach(), self.momentum)
+                if self.population_moments is not None:
+                    self.population_moments += moments.detach().to(self.population_moments.dtype)
+                else:
+                    self.running_mean.lerp_(mean.detach(), self.momentum)
+                    self.running_var.lerp_(var.detach(), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         p = torch.sigmoid((x - mean) / torch.sqrt(var + self.eps))
         return p * x + (1.0 - p) * self.alpha * x
+
+
+def dice_layers(module: nn.Module) -> list[Dice]:
+    """Every Dice layer inside ``module`` (in module order)."""
+    return [m for m in module.modules() if isinstance(m, Dice)]
+
+
+@contextlib.contextmanager
+def population_statistics(module: nn.Module) -> Iterator[list[Dice]]:
+    """Recompute the running statistics of every Dice layer in ``module`` exactly.
+
+    Inside the block, forward passes in training mode standardise with their batch statistics
+    as usual but, instead of updating the exponential averages, add their global moments to an
+    accumulator; on exit each layer's running mean and variance become the pooled mean and
+    variance of every position seen (a layer that saw nothing keeps its statistics). Run the
+    forwards under ``torch.no_grad()``; yields the Dice layers (empty: nothing to recompute).
+    """
+    layers = dice_layers(module)
+    for d in layers:
+        # float64: sums of squares over hundreds of thousands of positions
+        d.population_moments = torch.zeros(2 * d.running_mean.numel() + 1, dtype=torch.float64, device=d.running_mean.device)
+    try:
+        yield layers
+        for d in layers:
+            h = d.running_mean.numel()
+            total = d.population_moments
+            count = total[-1]
+            if count > 0:
+                mean = total[:h] / count
+                var = (total[h : 2 * h] / count - mean * mean).clamp_min(0.0)
+                d.running_mean.copy_(mean.to(d.running_mean.dtype))
+                d.running_var.copy_(var.to(d.running_var.dtype))
+    finally:
+        for d in layers:
+            d.population_moments = None
 
 
 class PReLU(nn.Module):

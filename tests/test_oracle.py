@@ -1,0 +1,101 @@
+"""The planted-noise oracle: ground-truth weights built with the recommender batches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from atjt_dist import train
+from atjt_dist.atjt import Schedule
+from atjt_dist.config import ConfigError, SyntheticConfig, build_config
+from atjt_dist.data.dataset import TrainingData
+from atjt_dist.data.synthetic import ensure_dataset
+
+SMALL = dict(users=900, items=200, clusters=8, mean_length=14.0, min_length=5, noisy_user_share=0.3,
+             noisy_item_share=0.3, noise_kind="random", noise_in_targets=True, clean_test_fold=0)
+
+
+@pytest.fixture(scope="module")
+def noisy_dataset(tmp_path_factory):
+    return ensure_dataset(SyntheticConfig(**SMALL, cache_dir=str(tmp_path_factory.mktemp("synthetic"))))
+
+
+def _batches(path, oracle):
+    data = TrainingData(path, mode="sliding", seed=7)
+    space = data.sample_space(data.train_users)
+    order = data.epoch_order(space, 0, 0)
+    return data, [data.recommender_batch(space, order, i, 128, counters=(0, 0, i), oracle=oracle) for i in range(6)]
+
+
+def _planted_in_history(data, b) -> np.ndarray:
+    """For each history cell of ``b``, whether the item there is a planted one of its user (by
+    value: synthetic noise never plants an item the user already has)."""
+    a = data.arrays
+    offsets = np.asarray(a.seq_offsets)
+    planted_items = [set(np.asarray(a.seq_items)[offsets[u]:offsets[u + 1]][a.planted[offsets[u]:offsets[u + 1]]].tolist()) for u in b.user]
+    return np.array([[bool(b.hist[r, c]) and b.hist[r, c] in planted_items[r] for c in range(b.hist.shape[1])] for r in range(len(b))])
+
+
+def test_user_oracle_zeroes_every_row_of_a_planted_noise_user(noisy_dataset):
+    data, batches = _batches(noisy_dataset, "user")
+    _, plain = _batches(noisy_dataset, None)
+    for b, p in zip(batches, plain):
+        assert np.array_equal(b.weight, (~data.arrays.noise_users[b.user]).astype(np.float32))
+        assert np.array_equal(b.hist, p.hist) and np.array_equal(b.target, p.target)  # data unchanged
+        assert p.weight is None
+    assert 0 < np.concatenate([b.weight for b in batches]).mean() < 1
+
+
+def test_item_oracle_removes_planted_items_and_zeroes_planted_targets(noisy_dataset):
+    data, batches = _batches(noisy_dataset, "item")
+    _, plain = _batches(noisy_dataset, None)
+    removed = 0
+    for b, p in zip(batches, plain):
+        assert not _planted_in_history(data, b).any()
+        in_plain = _planted_in_history(data, p)
+        removed += in_plain.sum()
+        # what is left is the plain history without its planted cells, in order, left-aligned
+        for r in range(len(b)):
+            kept = p.hist[r, : p.lengths[r]][~in_plain[r, : p.lengths[r]]]
+            assert np.array_equal(b.hist[r, : b.lengths[r]], kept) and not b.hist[r, b.lengths[r] :].any()
+        half = len(b) // 2
+        assert np.array_equal(b.target, p.target)  # the negatives are drawn exactly as without the oracle
+        assert np.array_equal(b.weight[:half], b.weight[half:])  # a negative shares its positive's weight
+    assert removed > 0
+    weights = np.concatenate([b.weight for b in batches])
+    assert 0 < (weights == 0).sum() < len(weights)
+
+
+def test_item_oracle_weight_is_zero_exactly_for_planted_targets(noisy_dataset):
+    data, batches = _batches(noisy_dataset, "item")
+    a = data.arrays
+    offsets = np.asarray(a.seq_offsets)
+    for b in batches:
+        half = len(b) // 2
+        for r in range(half):
+            u, t = b.user[r], b.target[r]
+            seq = np.asarray(a.seq_items)[offsets[u]:offsets[u + 1]]
+            planted = a.planted[offsets[u]:offsets[u + 1]]
+            positions = np.flatnonzero(seq == t)
+            assert len(positions) == 1  # synthetic sequences hold an item once
+            assert b.weight[r] == (0.0 if planted[positions[0]] else 1.0)
+
+
+def test_oracle_needs_ground_truth(tiny_dataset):
+    cfg = build_config([f"--data.path={tiny_dataset}", "--objective.name=oracle", "--train.batch_size=64"])
+    data = TrainingData(tiny_dataset, seed=cfg.seed, mode=cfg.data.mode)
+    with pytest.raises(ConfigError, match="planted-noise ground truth"):
+        Schedule(data, cfg)
+
+
+@pytest.mark.parametrize("method", ["oracle", "oracle_item"])
+def test_oracle_trains_end_to_end(noisy_dataset, tmp_path, method):
+    run = tmp_path / method
+    argv = [f"--data.path={noisy_dataset}", f"--objective.name={method}", "--data.mode=sliding", "--train.lr=0.05",
+            "--train.max_steps=12", "--train.log_every=6", "--no-train.progress_bar", "--checkpoint.every=0",
+            "--no-log.tensorboard", f"--run-dir={run}"]
+    assert train.main(argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == method and 0.0 < metrics["auc"] < 1.0
