@@ -148,10 +148,11 @@ class DataConfig:
     fold: int = knob(0, "The k-fold fold whose users are the test users.")
     history_length: int = knob(19, "L: at most this many items before the target form the history.")
     mode: Literal["paper", "sliding"] = knob(
-        "paper",
-        "'paper': one positive per training user (target = its last training interaction); "
-        "'sliding': every position of every training sequence is a target (large-scale mode, "
-        "built on the fly, never materialised).",
+        "sliding",
+        "'sliding': every position of every training sequence is a target (built on the fly, "
+        "never materialised); 'paper': one positive per training user (target = its last "
+        "training interaction), the paper's protocol (configs/paper.yaml), which learns only on "
+        "datasets of the authors' size.",
     )
     negative_sampler: Literal["popularity", "uniform"] = knob(
         "popularity",
@@ -445,14 +446,22 @@ class RecognizerConfig:
     mlp_hidden: list[int] = knob([256, 64], "'din'/'din_pos': output MLP hidden sizes (input 40).")
     dropout: float = knob(0.5, "'din'/'din_pos': dropout of the attention MLP.")
     transformer_hidden: int = knob(
-        32,
+        16,
         "'transformer': hidden size of the blocks and of its item, category and position "
-        "embeddings (a multiple of 4 and of transformer_heads).",
+        "embeddings (a multiple of 4 and of transformer_heads). The defaults (hidden 16, 1 block, "
+        "1 head, feed-forward 2H, no dropout) keep its step cost within 2x the din recogniser's "
+        "and learn the corruption task faster than hidden 32, 2 blocks, 2 heads, 4H, dropout 0.1 "
+        "(benchmarks/step.md, 'recogniser kinds').",
     )
-    transformer_blocks: int = knob(2, "'transformer': bidirectional self-attention blocks.")
-    transformer_heads: int = knob(2, "'transformer': attention heads (must divide transformer_hidden).")
+    transformer_blocks: int = knob(1, "'transformer': bidirectional self-attention blocks.")
+    transformer_heads: int = knob(1, "'transformer': attention heads (must divide transformer_hidden).")
+    transformer_inner_factor: int = knob(
+        2, "'transformer': width of each block's GELU feed-forward layer, in multiples of transformer_hidden."
+    )
     transformer_dropout: float = knob(
-        0.1, "'transformer': dropout of the embeddings, the attention probabilities and every block's outputs."
+        0.0,
+        "'transformer': dropout of the embeddings, the attention probabilities and every block's "
+        "outputs (a byte mask: p rounded to a multiple of 1/256).",
     )
     sequence_weight: Literal["product", "min"] = knob(
         "product",
@@ -465,7 +474,7 @@ class RecognizerConfig:
         """Raise ConfigError for values the recogniser cannot build (build_recognizer calls it;
         ``key(field)`` names a field)."""
         name = key or (lambda f: f"config key 'atjt.recognizer.{f}'")
-        for f in ("embedding_dim", "transformer_hidden", "transformer_blocks", "transformer_heads"):
+        for f in ("embedding_dim", "transformer_hidden", "transformer_blocks", "transformer_heads", "transformer_inner_factor"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{name(f)} must be >= 1, got {getattr(self, f)}")
         if self.transformer_hidden % 4:
@@ -516,10 +525,11 @@ class ATJTConfig:
     )
     recognizer_batch_size: int = knob(256, "Rows per recogniser batch (global, across ranks).")
     recognizer_warmup_steps: int = knob(
-        0,
+        600,
         "Recogniser budget: steps at the start of each joint phase in which only the phase's "
         "recogniser trains (on its corrupted B^D batches), so that its weights carry information "
-        "before they reweight the recommender. 0 = the paper's schedule.",
+        "before they reweight the recommender (600: corrupted-vs-clean AUC about 0.92 on the "
+        "synthetic data, docs/results.md). 0 = the paper's schedule.",
     )
     recognizer_batches_per_step: int = knob(
         1,
@@ -527,7 +537,9 @@ class ATJTConfig:
         "(a step reads K * (N-1) of them; the paper: 1).",
     )
     recognizer_lrs: list[float] = knob(
-        [0.023, 0.025], "Adagrad learning rate of recogniser j (phase j); the last repeats."
+        [0.05],
+        "Adagrad learning rate of recogniser j (phase j); the last repeats (paper: 0.023, 0.025; "
+        "0.05 learns the corruption task fastest in the probes of docs/results.md, 0.2 diverges).",
     )
     recognizer: RecognizerConfig = knob(RecognizerConfig(), "The noise recogniser's architecture.")
 
@@ -560,7 +572,11 @@ class TrainConfig:
     epochs: int = knob(4, "E: epochs per phase (the whole run with ATJT off has N*E epochs).")
     batch_size: int = knob(256, "Positives per global batch (each paired with its negative).")
     max_steps: Optional[int] = knob(None, "Stop after this many steps in total (smoke runs).")
-    lr: float = knob(8.15e-4, "Adagrad learning rate of the recommender.")
+    lr: float = knob(
+        0.05,
+        "Adagrad learning rate of the recommender (the paper's 8.15e-4, configs/paper.yaml, does "
+        "not get past the popularity ranker in a few thousand steps; docs/results.md).",
+    )
     weight_decay: float = knob(5e-4, "L2 weight decay of every optimiser.")
     log_every: int = knob(50, "Log a line (rank 0) and a JSONL record every this many steps (S3Rec pre-training: a line).")
     progress_bar: bool = knob(True, "Show a progress bar on rank 0 (also off when not a TTY).")

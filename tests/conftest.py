@@ -17,6 +17,13 @@ SHARED_DATA = Path(os.environ.get("ATJT_SHARED_DATA", REPO.parent / "shared" / "
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+#: The schedule the mechanics tests (checkpoints, processes, faults, outputs) were written for:
+#: the paper's protocol, learning rates and no recogniser warm-up. Short and cheap on the tiny
+#: dataset; the product defaults (sliding mode, lr 0.05, a warm-up) are tested where they matter
+#: (test_defaults_learn.py, test_oracle.py, test_schedule.py).
+PAPER_SCHEDULE = ["--data.mode=paper", "--train.lr=0.000815", "--atjt.recognizer_lrs=[0.023,0.025]", "--atjt.recognizer_warmup_steps=0"]
+
+
 def shared_file(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)

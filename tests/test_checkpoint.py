@@ -32,6 +32,8 @@ from atjt_dist.checkpoint import (
 )
 from atjt_dist.config import Config, ConfigError, build_config
 
+from conftest import PAPER_SCHEDULE
+
 # ---------------------------------------------------------------------------------------------
 # The protocol, in one process on a stand-in model
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def test_only_trajectory_keys_must_match_on_resume(tmp_path):
     record = read_record(path)
     _checkpoints(tmp_path, same).check_compatible(path, record, dense)
     other = build_config(base + ["--train.lr=0.5", "--atjt.aux_weight=10"])
-    with pytest.raises(ConfigError, match=r"another config \(atjt\.aux_weight: 100\.0 -> 10\.0; train\.lr: 0\.000815 -> 0\.5\)"):
+    with pytest.raises(ConfigError, match=r"another config \(atjt\.aux_weight: 100\.0 -> 10\.0; train\.lr: 0\.05 -> 0\.5\)"):
         _checkpoints(tmp_path, other).check_compatible(path, record, dense)
     with pytest.raises(ConfigError, match="seed=42, this run has seed=7"):
         _checkpoints(tmp_path, build_config(base + ["--seed=7"])).check_compatible(path, record, dense)
@@ -262,6 +264,7 @@ def test_rewind_metrics_cuts_what_was_logged_after_the_checkpoint(tmp_path):
 #: 2 phases x 2 epochs x 3 batches = 12 steps; a checkpoint every 3 steps (each also ends a log
 #: window, so the resumed run's train records are the uninterrupted run's).
 SMALL = [
+    *PAPER_SCHEDULE,
     "--train.batch_size=64",
     "--atjt.recognizer_batch_size=32",
     "--train.epochs=2",

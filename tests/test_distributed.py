@@ -26,9 +26,12 @@ import torch
 
 from atjt_dist.config import ConfigError, build_config
 
+from conftest import PAPER_SCHEDULE
+
 REPO = Path(__file__).resolve().parents[1]
 
 SMALL = [
+    *PAPER_SCHEDULE,
     "--train.batch_size=64",
     "--atjt.recognizer_batch_size=32",
     "--train.epochs=2",
@@ -333,7 +336,7 @@ def test_product_card_command_eight_processes(tiny_dataset, tmp_path):
     run = tmp_path / "eight"
     _run(
         [
-            *_torchrun(8), f"--data.path={tiny_dataset}", f"--run-dir={run}", "--train.batch_size=64",
+            *_torchrun(8), *PAPER_SCHEDULE, f"--data.path={tiny_dataset}", f"--run-dir={run}", "--train.batch_size=64",
             "--atjt.recognizer_batch_size=32", "--train.epochs=1", "--train.log_every=2", "--eval.batch_users=64",
             "--no-train.progress_bar",
         ],

@@ -16,6 +16,8 @@ from atjt_dist.checkpoint import committed
 from atjt_dist.cli import run_cli
 from atjt_dist.faults import FaultHooks, LossMonitor, NonFiniteLossError, PeerFailureError, _is_collective_failure
 
+from conftest import PAPER_SCHEDULE
+
 # ---------------------------------------------------------------------------------------------
 # Fast: the monitor, the hooks, the command line
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +94,7 @@ def test_run_errors_end_the_command_with_one_line(capsys, monkeypatch, error, st
 # ---------------------------------------------------------------------------------------------
 
 SMALL = [
+    *PAPER_SCHEDULE,
     "--train.batch_size=64",
     "--atjt.recognizer_batch_size=32",
     "--train.epochs=2",

@@ -41,12 +41,16 @@ dist:
   sharding: row_wise
 data:
   path: {data}
+  mode: paper
 train:
   batch_size: 64
   epochs: 1
   log_every: 2
+  lr: 0.000815
 atjt:
   recognizer_batch_size: 32
+  recognizer_lrs: [0.023, 0.025]
+  recognizer_warmup_steps: 0
   recognizer:
     dropout: 0
 eval:

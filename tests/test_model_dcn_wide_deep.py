@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PAPER_SCHEDULE
 from atjt_dist.config import ConfigError, DCNConfig, ModelConfig, WideDeepConfig, build_config
 from atjt_dist.models import ModelSpec, build_recommender
 from atjt_dist.models.batch import embed
@@ -224,7 +225,7 @@ def _train(tiny_dataset, run_dir, name, *extra):
     from atjt_dist.trainer import Trainer
 
     cfg = build_config(
-        ["--data.path", str(tiny_dataset), f"--model.name={name}", "--train.batch_size=64", f"--run-dir={run_dir}",
+        [*PAPER_SCHEDULE, "--data.path", str(tiny_dataset), f"--model.name={name}", "--train.batch_size=64", f"--run-dir={run_dir}",
          "--no-train.progress_bar", "--train.log_every=3", *extra]
     )
     trainer = Trainer(cfg)

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_dataset
+from conftest import PAPER_SCHEDULE, write_tiny_dataset
 from model_checks import random_batch
 
 import atjt_dist.pretrain as pretrain_cmd
@@ -31,7 +31,7 @@ from atjt_dist.pretrain import (
 
 SPEC = ModelSpec(num_users=30, num_items=40, num_categories=5, history_length=7)
 # A small S3Rec for the data-backed tests (the paper's sizes are configs/models/s3rec.yaml).
-SMALL = ["--model.name=s3rec", "--model.s3rec.hidden=16", "--model.s3rec.blocks=1", "--data.history_length=8"]
+SMALL = [*PAPER_SCHEDULE, "--model.name=s3rec", "--model.s3rec.hidden=16", "--model.s3rec.blocks=1", "--data.history_length=8"]
 PRETRAIN = ["--model.s3rec.pretrain_epochs=2", "--model.s3rec.pretrain_batch_size=256", "--model.s3rec.pretrain_lr=0.005"]
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from model_checks import random_batch
 
+from conftest import PAPER_SCHEDULE
 from atjt_dist.config import ConfigError, ModelConfig, build_config
 from atjt_dist.metrics import candidate_metrics
 from atjt_dist.models import ModelSpec, build_recommender
@@ -322,7 +323,7 @@ def _train(tiny_dataset, tmp_path, *args) -> tuple[dict, dict, list[dict]]:
     torch.set_num_threads(1)
     try:
         cfg = build_config([
-            "--data.path", str(tiny_dataset), "--train.batch_size=64", "--train.epochs=3", "--train.log_every=1",
+            *PAPER_SCHEDULE, "--data.path", str(tiny_dataset), "--train.batch_size=64", "--train.epochs=3", "--train.log_every=1",
             "--train.lr=0.01", "--eval.batch_users=40", f"--run-dir={tmp_path}", "--no-train.progress_bar", *args,
         ])
         trainer = Trainer(cfg)

@@ -14,9 +14,12 @@ import pytest
 
 from atjt_dist import train
 
+from conftest import PAPER_SCHEDULE
+
 # One short epoch of the baseline (no recogniser: the cheapest run that still learns the tiny
 # data, as the reproduce test relies on).
 SHORT = [
+    *PAPER_SCHEDULE,
     "--atjt.enabled=false",
     "--train.batch_size=64",
     "--train.epochs=1",

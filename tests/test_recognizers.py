@@ -96,6 +96,54 @@ def test_transformer_has_no_user_table_and_ignores_the_user():
 def test_config_check_names_the_key():
     with pytest.raises(ConfigError, match="transformer_heads"):
         build_recognizer(SPEC, RecognizerConfig(kind="transformer", transformer_hidden=32, transformer_heads=3))
+    with pytest.raises(ConfigError, match="transformer_inner_factor"):
+        build_recognizer(SPEC, RecognizerConfig(kind="transformer", transformer_inner_factor=0))
+
+
+def _padded_reference(model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The item-level detector computed the plain way, on the padded [B, L + 1] token layout
+    with a key mask (what the packed implementation must equal), from the model's weights."""
+    tables = model.embeddings.embeddings
+    item, cat, pos = tables["rg_item"].weight, tables["rg_category"].weight, model.positions.weight
+    ids = reverse_position_ids(batch.lengths, SPEC.history_length, SPEC.history_length)
+    mask = batch.mask
+    hist = (item[batch.hist] + cat[batch.hist_cat] + pos[ids]) * mask[..., None]
+    x = torch.cat([hist, (item[batch.target] + cat[batch.target_cat] + pos[0])[:, None]], dim=1)
+    valid = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    B, T, H = x.shape
+    for block in model.blocks:
+        heads = model.heads
+        q, k, v = block.qkv(block.norm1(x)).view(B, T, 3, heads, H // heads).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+        x = x + block.out(ctx.transpose(1, 2).reshape(B, T, H))
+        x = x + block.fc2(F.gelu(block.fc1(block.norm2(x))))
+    items = model.head(model.final_norm(x[:, :-1])).squeeze(-1).masked_fill(~mask, MAX_LOGIT)
+    return sequence_logits(items, mask, model.sequence_weight), items
+
+
+@pytest.mark.parametrize("shape", [{}, {"transformer_heads": 2, "transformer_blocks": 2, "transformer_inner_factor": 3}])
+def test_transformer_packed_tokens_match_the_padded_computation(shape):
+    """The detector runs its dense layers on the valid tokens only (packed); the result must be
+    the padded computation's, for every head and block count."""
+    model = _recognizer("transformer", **shape).train()
+    batch = random_batch(SPEC, rows=16)  # includes rows without history
+    seq, items = model.forward_items(batch)
+    ref_seq, ref_items = _padded_reference(model, batch)
+    assert torch.allclose(items, ref_items, atol=1e-5) and torch.allclose(seq, ref_seq, atol=1e-5)
+    (g,) = torch.autograd.grad(items[batch.mask].sum(), model.blocks[0].qkv.weight)
+    (ref_g,) = torch.autograd.grad(ref_items[batch.mask].sum(), model.blocks[0].qkv.weight)
+    assert torch.allclose(g, ref_g, atol=1e-5)
+
+
+def test_transformer_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = build_recognizer(SPEC, RecognizerConfig(kind="transformer", transformer_dropout=0.25), table_prefix="rg")
+    batch = random_batch(SPEC, rows=16, min_len=1)
+    model.train()
+    assert not torch.equal(model(batch), model(batch))
+    model.eval()
+    assert torch.equal(model(batch), model(batch))
+    assert torch.allclose(model(batch), model(with_garbage_padding(batch)))
 
 
 # --- 'din' is the paper's network, unchanged ----------------------------------------------------

@@ -20,7 +20,10 @@ import torch
 from atjt_dist import runlog
 from atjt_dist.runlog import Histogram, MetricsWriter, WeightHistograms
 
+from conftest import PAPER_SCHEDULE
+
 SMALL = [
+    *PAPER_SCHEDULE,
     "--train.batch_size=64",
     "--atjt.recognizer_batch_size=32",
     "--train.epochs=2",

@@ -13,9 +13,10 @@ import torch
 
 from atjt_dist.config import build_config, dump_yaml
 
-from conftest import write_tiny_dataset
+from conftest import PAPER_SCHEDULE, write_tiny_dataset
 
 SMALL = [
+    *PAPER_SCHEDULE,
     "--train.batch_size=64",
     "--atjt.recognizer_batch_size=32",
     "--train.epochs=1",

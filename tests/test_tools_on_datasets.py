@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import shared_file
+from conftest import PAPER_SCHEDULE, shared_file
 
-SHORT = ["--train.max_steps=24", "--train.log_every=8", "--no-train.progress_bar", "--checkpoint.every=0"]
+SHORT = [*PAPER_SCHEDULE, "--train.max_steps=24", "--train.log_every=8", "--no-train.progress_bar", "--checkpoint.every=0"]
 
 
 def _prepare_ml100k(root: Path) -> Path:

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PAPER_SCHEDULE
+
 SMALL = [
+    *PAPER_SCHEDULE,
     "--train.batch_size=64",
     "--atjt.recognizer_batch_size=32",
     "--train.epochs=2",

@@ -2,12 +2,25 @@
 
 Tokens: every valid history item (item + category + reverse-position embedding, 1 = the most
 recent) and the target as one more token (reverse position 0, the place after the most recent
-item). ``transformer_blocks`` pre-norm bidirectional self-attention blocks (models/transformer.py,
-GELU feed-forward of width 4H) read them; a linear head gives each history item the logit of
-"this item is clean" [B, L]. The sequence's logit of P(clean) comes from those by
-``sequence_weight`` (recognizers/base.py: product over the valid items, or their minimum). It is
-trained with per-position BCE on ``~batch.replaced`` over valid positions (the caller's loss);
-the row-level BCE on the sequence logit also trains it, through the same per-item logits.
+item). ``transformer_blocks`` pre-norm bidirectional self-attention blocks (GELU feed-forward of
+width ``transformer_inner_factor`` x H, a final LayerNorm) read them; a linear head gives each
+history item the logit of "this item is clean" [B, L]. The sequence's logit of P(clean) comes
+from those by ``sequence_weight`` (recognizers/base.py: product over the valid items, or their
+minimum). It is trained with per-position BCE on ``~batch.replaced`` over valid positions (the
+caller's loss); the row-level BCE on the sequence logit also trains it, through the same per-item
+logits.
+
+Cost. The detector runs on every row the recogniser sees (the step's positives and its
+corrupted rows), so it is kept cheap (benchmarks/step.md, "recogniser kinds"):
+
+- packed tokens: everything but the attention itself (layer norms, projections, feed-forward,
+  head) runs on the valid tokens only, [N, H] with N = sum(lengths) + B, straight from TorchRec's
+  jagged lookups (histories average about half of L); only the attention scatters q, k, v into
+  the padded [B, L + 1] layout, and gathers its output back;
+- the token layout (scatter indices, the additive key mask) is built once per forward, not per
+  block, and the mask enters the scores through one ``baddbmm`` with the scaling;
+- dropout is the byte-mask :class:`~atjt_dist.models.layers.Dropout` (torch's bernoulli masks
+  took a quarter of the step), and off by default.
 
 No user table: a cross-fitted recogniser never trains on the users it weights, so a user id
 tells it nothing. Its EmbeddingCollection has the item and category tables only, and is called
@@ -16,9 +29,10 @@ features its tables name) and the sharded one (which permutes its input to its o
 order, built from the first input's keys) ignore the extra 'user' key, so no second KJT layout
 is needed. ``frozen_user_rows`` is accordingly a no-op here.
 
-Padding never reaches a table (only valid history items are in the KJT), padded keys are masked
-out of the attention, and the target token is always a valid key, so a row without history has
-finite outputs (its sequence logit is MAX_LOGIT: P(clean) = 1).
+Padding never reaches a table (only valid history items are in the KJT) nor the dense layers
+(only valid tokens are packed), padded keys are masked out of the attention, and the target
+token is always a valid key, so a row without history has finite outputs (its sequence logit is
+MAX_LOGIT: P(clean) = 1).
 """
 
 from __future__ import annotations
@@ -27,13 +41,14 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...config import RecognizerConfig
 from ..base import ModelSpec, xavier_init_
 from ..batch import SequenceBatch, embedding_tables, make_embedding_collection
-from ..transformer import TransformerEncoder
-from .base import MAX_LOGIT, Recognizer, ReversePositions, sequence_logits
+from ..layers import Dropout
+from .base import MAX_LOGIT, Recognizer, ReversePositions, reverse_position_ids, sequence_logits
 
 
 def item_tables(prefix: str, dim: int, spec: ModelSpec) -> list:
@@ -41,6 +56,57 @@ def item_tables(prefix: str, dim: int, spec: ModelSpec) -> list:
     ``<prefix>_category``), without the user table."""
     tables = embedding_tables(prefix, dim, spec.num_users, spec.num_items, spec.num_categories)
     return [t for t in tables if "user" not in t.feature_names]
+
+
+class TokenLayout:
+    """Where the packed tokens [N, H] sit in the padded [B, T] layout (T = L + 1, the target at
+    column L), and the additive key mask of the attention; built once per forward.
+
+    Packed order: the history tokens row by row (the order of TorchRec's jagged values), then
+    the B target tokens.
+    """
+
+    def __init__(self, mask: torch.Tensor, heads: int, dtype: torch.dtype) -> None:
+        B, L = mask.shape
+        T = L + 1
+        self.rows, self.width, self.heads = B, T, heads
+        cols = torch.arange(B, device=mask.device) * T
+        hist = (cols[:, None] + torch.arange(L, device=mask.device)[None, :])[mask]
+        self.index = torch.cat([hist, cols + L])  # packed token -> flat padded position
+        valid = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # [B, T]: the target is always valid
+        bias = torch.zeros(B, 1, 1, T, dtype=dtype, device=mask.device).masked_fill(~valid[:, None, None, :], float("-inf"))
+        self.key_bias = bias.expand(B, heads, 1, T).reshape(B * heads, 1, T)
+
+    def attend(self, qkv: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
+        """Bidirectional multi-head attention over valid keys: packed q, k, v [N, 3H] -> packed
+        context [N, H] (before the output projection); ``dropout`` on the probabilities."""
+        B, T, heads = self.rows, self.width, self.heads
+        H = qkv.shape[1] // 3
+        E = H // heads
+        padded = qkv.new_zeros(B * T, 3 * H).index_copy(0, self.index, qkv)
+        q, k, v = (t.transpose(1, 2).reshape(B * heads, T, E) for t in padded.view(B, T, 3, heads, E).unbind(2))
+        scores = torch.baddbmm(self.key_bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(E))
+        ctx = torch.bmm(dropout(torch.softmax(scores, dim=-1)), v)  # [B * heads, T, E]
+        return ctx.view(B, heads, T, E).transpose(1, 2).reshape(B * T, H).index_select(0, self.index)
+
+
+class PackedBlock(nn.Module):
+    """Pre-norm self-attention then GELU feed-forward, each with dropout and a residual, on
+    packed tokens: ``forward(x [N, H], layout) -> [N, H]``."""
+
+    def __init__(self, hidden: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, eps=1e-8)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden, eps=1e-8)
+        self.fc1 = nn.Linear(hidden, inner)
+        self.fc2 = nn.Linear(inner, hidden)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        x = x + self.dropout(self.out(layout.attend(self.qkv(self.norm1(x)), self.dropout)))
+        return x + self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(self.norm2(x))))))
 
 
 class ItemLevelRecognizer(Recognizer):
@@ -52,14 +118,16 @@ class ItemLevelRecognizer(Recognizer):
         super().__init__()
         cfg.check()
         hidden = cfg.transformer_hidden
+        self.heads = cfg.transformer_heads
         self.sequence_weight = cfg.sequence_weight
         self.embeddings = make_embedding_collection(item_tables(table_prefix, hidden, spec))
         self.positions = ReversePositions(spec.history_length, hidden)
-        self.dropout = nn.Dropout(cfg.transformer_dropout)
-        self.encoder = TransformerEncoder(
-            hidden, cfg.transformer_blocks, cfg.transformer_heads, dropout=cfg.transformer_dropout,
-            inner=4 * hidden, act="gelu", norm="pre", causal=False,
+        self.dropout = Dropout(cfg.transformer_dropout)
+        self.blocks = nn.ModuleList(
+            PackedBlock(hidden, cfg.transformer_inner_factor * hidden, cfg.transformer_dropout)
+            for _ in range(cfg.transformer_blocks)
         )
+        self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.head = nn.Linear(hidden, 1)
         xavier_init_(self)
         # Start from the prior that an item is clean (P = 0.95: one replaced item in a corrupted
@@ -68,29 +136,26 @@ class ItemLevelRecognizer(Recognizer):
         # toward short histories until the detector has learned.
         nn.init.constant_(self.head.bias, math.log(0.95 / 0.05))
 
-    def tokens(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token vectors [B, L + 1, H], valid-token mask [B, L + 1]); the target is token L."""
+    def tokens(self, batch: SequenceBatch) -> torch.Tensor:
+        """Packed token vectors [N, H]: the valid history items row by row, then the B targets
+        (TokenLayout's order)."""
         out = self.embeddings(batch.kjt())
-        B, L = len(batch), batch.history_length
         dtype = torch.get_default_dtype()  # TorchRec looks up fp32; follow float64 in gradient checks
-
-        def padded(name: str) -> torch.Tensor:
-            return out[name].to_padded_dense(desired_length=L, padding_value=0.0).to(dtype)
-
-        def single(name: str) -> torch.Tensor:
-            return out[name].values().view(B, -1).to(dtype)
-
-        hist = padded("hist_item") + padded("hist_cat") + self.positions(batch.lengths, L).to(dtype)
-        target = single("target_item") + single("target_cat") + self.positions.weight[0].to(dtype)
         mask = batch.mask
-        tokens = torch.cat([hist, target[:, None, :]], dim=1)
-        return tokens, torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        ids = reverse_position_ids(batch.lengths, batch.history_length, self.positions.max_len)[mask]
+        hist = out["hist_item"].values() + out["hist_cat"].values()
+        target = out["target_item"].values() + out["target_cat"].values()
+        return torch.cat([hist.to(dtype) + self.positions.weight[ids], target.to(dtype) + self.positions.weight[0]])
 
     def forward_items(self, batch: SequenceBatch, frozen_user_rows: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: ARG002
         """(sequence logits [B], item logits [B, L]); item logits are MAX_LOGIT at padding.
         ``frozen_user_rows`` does nothing: there is no user table."""
-        x, valid = self.tokens(batch)
-        h = self.encoder(self.dropout(x), valid)
         mask = batch.mask
-        item_logits = self.head(h[:, : mask.shape[1]]).squeeze(-1).masked_fill(~mask, MAX_LOGIT)
+        x = self.dropout(self.tokens(batch))
+        layout = TokenLayout(mask, self.heads, x.dtype)
+        for block in self.blocks:
+            x = block(x, layout)
+        n_hist = x.shape[0] - len(batch)  # the history tokens come first; the head reads only those
+        logits = self.head(self.final_norm(x[:n_hist])).squeeze(-1)
+        item_logits = logits.new_full(mask.shape, MAX_LOGIT).masked_scatter(mask, logits)
         return sequence_logits(item_logits, mask, self.sequence_weight), item_logits
