@@ -4,7 +4,7 @@ With no arguments: the embedded default (synthetic data with planted noise, DIN,
 Under torchrun every process runs this same entry point; rank 0 prints and writes.
 
 The printed table has the model's row and, under it, the popularity ranker's on the same test
-candidates; a model whose AUC is not above the ranker's gets one warning line (stderr and
+candidates (on data with planted noise, a line on what the ATJT weights found follows it); a model whose AUC is not above the ranker's gets one warning line (stderr and
 train.log), since its other numbers then say little.
 """
 
@@ -26,6 +26,12 @@ def _main(argv: list[str]) -> int:
     trainer, metrics = run_training(cfg)
     if trainer.ctx.is_main:
         print(metrics_table({f"{cfg.model.name} {trainer.method}": metrics}, cfg.eval.k))
+        if "noise_weight_auc" in metrics:  # data with planted noise: what the weights found
+            print(
+                f"sequence weights of the training users: planted-noise AUC {metrics['noise_weight_auc']:.4f}; "
+                f"mean weight {metrics['mean_weight_clean_users']:.4f} for clean users, "
+                f"{metrics['mean_weight_noisy_users']:.4f} for planted-noise users"
+            )
         warning = popularity_warning(metrics)
         if warning:
             logging.getLogger("atjt_dist").warning("%s", warning)

@@ -312,7 +312,12 @@ class Trainer:
         if self.schedule.uses_recognizer and (self.noise_users is not None or cfg.log.user_weights):
             users, weights = self.score_training_users()
             if self.noise_users is not None:
-                metrics["noise_weight_auc"] = gather_binary_auc(weights, (~self.noise_users[users]).float())
+                noisy = self.noise_users[users]
+                metrics["noise_weight_auc"] = gather_binary_auc(weights, (~noisy).float())
+                # mean weight of the clean and of the planted-noise training users (exact sums)
+                sums = global_sum(torch.stack([weights[~noisy].sum(), (~noisy).sum(), weights[noisy].sum(), noisy.sum()]).double())
+                metrics["mean_weight_clean_users"] = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+                metrics["mean_weight_noisy_users"] = float(sums[2] / sums[3]) if sums[3] > 0 else float("nan")
                 item_auc = self.planted_item_auc()
                 if item_auc is not None:
                     metrics["noise_item_auc"] = item_auc

@@ -90,6 +90,8 @@ def build_trainers(model: str, args, ctx, tmp: str) -> dict:
     common = [
         f"--model.name={model}", f"--train.batch_size={args.batch}", f"--atjt.recognizer_batch_size={args.aux_batch}",
         "--data.history_length=19", "--no-train.progress_bar", "--no-log.tensorboard",
+        # the timed steps are joint ones (a warm-up step trains the recogniser alone)
+        "--atjt.recognizer_warmup_steps=0",
     ]
     if args.data:
         common.append(f"--data.path={args.data}")
