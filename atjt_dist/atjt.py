@@ -269,7 +269,6 @@ class JointModel(nn.Module):
         # The weight of a sequence comes from its clean positive: the first half of pointwise
         # rows, every row of a next-item batch.
         positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
-        positives = replace(positives, weight=None)
         if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
             with torch.no_grad():
                 out["weight_logits"] = g(positives)
