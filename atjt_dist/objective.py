@@ -197,10 +197,11 @@ def compute_losses(
         if "aux_item_logits" in out:
             # The item-level detector: per-history-item BCE on "this item is clean", averaged
             # over the valid items of the global batch (ranks hold different item counts).
-            valid = aux.mask
-            item_logits = out["aux_item_logits"].float()[valid]
-            local = F.binary_cross_entropy_with_logits(item_logits, (~aux.replaced[valid]).float(), reduction="sum")
-            aux_share = local / global_sum(torch.tensor(float(item_logits.numel()), device=device)).clamp_min(1.0)
+            # Masked sums, not boolean indexing: no host sync inside the step.
+            valid = aux.mask.float()
+            per_item = F.binary_cross_entropy_with_logits(out["aux_item_logits"].float(), (~aux.replaced).float(), reduction="none")
+            local = (per_item * valid).sum()
+            aux_share = local / global_sum(valid.sum()).clamp_min(1.0)
         else:
             local = F.binary_cross_entropy_with_logits(aux_logits, aux.label, reduction="sum")
             aux_share = local / (aux_logits.numel() * world)  # equal rows per rank (rank_slice)
