@@ -2,7 +2,7 @@
 each method on the noisy copy, and measure both the recommendations and how well each method's
 per-user scores find the noisy users.
 
-    python -m atjt_dist.audit --data DIR [--noise-kind random|popular|foreign] [--user-share 0.3]
+    python -m atjt_dist.audit --data DIR [--noise-kind random|popular|foreign|insert] [--user-share 0.3]
         [--item-share 0.3] [--seed 0] [--include-last] [--methods base,tce,rce,atjt]
         [--seeds 42,43] [--config FILE] [--section.key=value ...]
 
@@ -11,8 +11,10 @@ Here ``--seed`` is the noise seed; the training seeds are ``--seeds`` (default: 
 1. The noisy copy. Of the *training* users of the split (data.split must be kfold: users outside
    data.fold), ``round(user_share * E)`` eligible ones get ``max(1, round(item_share * (n - 1)))``
    history items replaced (``atjt_dist.data.synthetic.plant_noise``, the synthetic generator's
-   kinds: random items, popular items, or a burst of another user's items); the last item is
-   kept unless ``--include-last``. Test users are untouched, and so are the folds and the
+   kinds: random items, popular items, or a burst of another user's items), or with ``insert``
+   that many random items inserted (the sequence grows; an inserted interaction takes its
+   neighbour's time); the last item is kept, and nothing is inserted after it, unless
+   ``--include-last``. Test users are untouched, and so are the folds and the
    stored test candidates (copied from the source: write_dataset would redraw them from the
    noisy popularity), so test metrics are measured on exactly the source's test data. The copy
    is written with layout.write_dataset and its ground truth (noise.parquet) to RUN_DIR/data.
@@ -65,12 +67,12 @@ from .collectives import global_sum
 from .compare import METHODS, _mean_std, _pop_list
 from .config import Config, ConfigError, build_config
 from .data.layout import DatasetError, open_arrays, read_meta, write_dataset
+from .data.synthetic import NOISE_KINDS, plant_noise
 from .metrics import binary_auc
 from .runlog import choose_run_dir, setup_logging, write_json
 
 log = logging.getLogger("atjt_dist")
 
-NOISE_KINDS = ("random", "popular", "foreign")
 #: what each method's own per-user score is (see the module docstring)
 OWN_SCORE = {"atjt": "recogniser weight", "tce": "-mean loss", "rce": "mean R-CE weight", "base": "-mean loss"}
 
@@ -105,8 +107,6 @@ def plant_into_dataset(
     Folds and test candidates are the source's (checked, and the candidates copied), and test
     users' sequences are unchanged (checked).
     """
-    from .data.synthetic import plant_noise
-
     source, output = Path(source), Path(output)
     if kind not in NOISE_KINDS:
         raise ConfigError(f"--noise-kind {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
@@ -122,16 +122,17 @@ def plant_into_dataset(
     train = fold_of != fold
     offsets = np.asarray(a.seq_offsets, dtype=np.int64)
     items = np.asarray(a.seq_items, dtype=np.int32)
-    noisy_items, truth = plant_noise(
+    noisy = plant_noise(
         items, offsets, a.num_items, np.asarray(a.popularity), user_share=user_share, item_share=item_share,
         kind=kind, seed=seed, eligible_users=train, include_last=include_last,
     )
-    lengths = np.diff(offsets)
-    test_rows = np.repeat(~train, lengths)
-    if not np.array_equal(noisy_items[test_rows], items[test_rows]) or np.any(~train[truth["user"]]):
+    truth = noisy.truth
+    test_rows = np.repeat(~train, np.diff(offsets))
+    noisy_test_rows = np.repeat(~train, np.diff(noisy.seq_offsets))
+    if not np.array_equal(noisy.seq_items[noisy_test_rows], items[test_rows]) or np.any(~train[truth["user"]]):
         raise AssertionError("planted noise reached a test user")  # plant_noise's contract
 
-    times = pq.read_table(source / "interactions.parquet", columns=["time"]).column("time").to_numpy()
+    times = pq.read_table(source / "interactions.parquet", columns=["time"]).column("time").to_numpy()[noisy.origin]
     noisy_users = int(len(np.unique(truth["user"])))
     summary = {
         "kind": kind,
@@ -158,8 +159,8 @@ def plant_into_dataset(
         shutil.rmtree(staging)
     write_dataset(
         staging,
-        seq_items=noisy_items,
-        seq_offsets=offsets,
+        seq_items=noisy.seq_items,
+        seq_offsets=noisy.seq_offsets,
         seq_times=times,
         raw_users=_raw_column(source, "users.parquet", "user", "raw_user"),
         raw_items=_raw_column(source, "items.parquet", "item", "raw_item"),

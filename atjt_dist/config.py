@@ -49,7 +49,8 @@ class SyntheticConfig:
     Items fall into clusters (their categories); a user has a taste over a few clusters and
     walks a sticky Markov chain over them, picking items by within-cluster Zipf popularity or by
     following the previous item's successor links. Then a share of users get a share of their
-    history replaced by planted noise, whose ground truth is stored with the dataset.
+    history replaced by (or, with noise_kind 'insert', extra items inserted as) planted noise,
+    whose ground truth is stored with the dataset.
     """
 
     folds: typing.ClassVar[int] = 5  # the k-fold split written with the dataset (not a knob)
@@ -72,18 +73,21 @@ class SyntheticConfig:
     noisy_item_share: float = knob(
         0.3,
         "Share of a noisy user's history (every item but the last) replaced by noise, rounded, "
-        "at least one item.",
+        "at least one item ('insert': that many items inserted).",
     )
-    noise_kind: Literal["random", "popular", "foreign"] = knob(
+    noise_kind: Literal["random", "popular", "foreign", "insert"] = knob(
         "random",
         "Planted noise: 'random' items drawn uniformly, 'popular' items drawn by popularity, "
-        "or 'foreign' a burst of consecutive items of another user's sequence (shared accounts).",
+        "'foreign' a burst of consecutive items of another user's sequence (shared accounts), "
+        "or 'insert' uniform items inserted between the user's own (the sequence grows, nothing "
+        "is replaced).",
     )
     noise_in_targets: bool = knob(
         True,
         "Noise may also replace a noisy user's last item (its training target in the paper "
-        "protocol: a false-positive sample); false = histories only, the last item is never "
-        "replaced (use false with data.split=loo, whose test positives are the last items).",
+        "protocol: a false-positive sample), or with 'insert' follow it as the new last item; "
+        "false = histories only, the last item is never replaced nor followed by an inserted one "
+        "(use false with data.split=loo, whose test positives are the last items).",
     )
     clean_test_fold: Optional[int] = knob(
         0,

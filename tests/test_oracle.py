@@ -83,6 +83,40 @@ def test_item_oracle_weight_is_zero_exactly_for_planted_targets(noisy_dataset):
             assert b.weight[r] == (0.0 if planted[positions[0]] else 1.0)
 
 
+def test_item_oracle_on_inserted_noise_leaves_exactly_the_clean_history(tmp_path):
+    """With 'insert' the planted items are extra ones: the item oracle's histories are windows of
+    the clean sequences, ending right before the target, and only planted targets get weight 0."""
+    from atjt_dist.data.synthetic import generate
+
+    cfg = SyntheticConfig(**{**SMALL, "noise_kind": "insert"}, cache_dir=str(tmp_path))
+    clean = generate(cfg)
+    data, batches = _batches(ensure_dataset(cfg), "item")
+    _, plain = _batches(ensure_dataset(cfg), None)
+    a = data.arrays
+    offsets = np.asarray(a.seq_offsets)
+    assert not np.array_equal(offsets, clean.clean_offsets)  # the sequences grew
+    removed = zero = 0
+    for b, p in zip(batches, plain):
+        half = len(b) // 2
+        for r in range(half):
+            u = b.user[r]
+            seq = np.asarray(a.seq_items)[offsets[u]:offsets[u + 1]]
+            planted = a.planted[offsets[u]:offsets[u + 1]]
+            own = clean.clean_items[clean.clean_offsets[u]:clean.clean_offsets[u + 1]]
+            np.testing.assert_array_equal(seq[~planted], own)  # removing the truth gives the clean sequence
+            pos = int(np.flatnonzero(seq == b.target[r])[0])
+            history = seq[pos - p.lengths[r]:pos]  # the plain window
+            kept = history[~planted[pos - p.lengths[r]:pos]]
+            n_own = int((~planted[:pos]).sum())  # own items before the target
+            assert np.array_equal(b.hist[r, : b.lengths[r]], kept) and not b.hist[r, b.lengths[r]:].any()
+            np.testing.assert_array_equal(kept, own[n_own - len(kept):n_own])  # a clean window
+            assert b.weight[r] == (0.0 if planted[pos] else 1.0)
+            removed += p.lengths[r] - b.lengths[r]
+            zero += b.weight[r] == 0.0
+        assert np.array_equal(b.weight[:half], b.weight[half:])
+    assert removed > 0 and zero > 0
+
+
 def test_oracle_needs_ground_truth(tiny_dataset):
     cfg = build_config([f"--data.path={tiny_dataset}", "--objective.name=oracle", "--train.batch_size=64"])
     data = TrainingData(tiny_dataset, seed=cfg.seed, mode=cfg.data.mode)

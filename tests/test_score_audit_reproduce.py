@@ -139,6 +139,44 @@ def test_audit_plants_noise_in_training_users_only_and_reports_aucs(tiny_dataset
     assert "noise AUC" in table and "loss AUC" in table and "| atjt |" in table and "| base |" in table
 
 
+@pytest.mark.slow
+def test_audit_with_inserted_noise_grows_training_users_only(tiny_dataset, tmp_path):
+    """--noise-kind insert: the noisy copy's training users get extra items (their times copied
+    from a neighbour), the test users and candidates stay the source's; one short base run."""
+    from atjt_dist import audit
+    from atjt_dist.data.layout import open_arrays
+
+    root = tmp_path / "audit"
+    argv = ["--data", str(tiny_dataset), "--noise-kind", "insert", "--user-share", "0.4", "--item-share", "0.3",
+            "--seed", "3", "--methods", "base", "--seeds", "42", f"--run-dir={root}", *SMALL]
+    assert audit.main(argv) == 0
+
+    src, noisy = open_arrays(tiny_dataset), open_arrays(root / "data")
+    truth = pq.read_table(root / "data" / "noise.parquet").to_pydict()
+    users, position = np.asarray(truth["user"]), np.asarray(truth["position"])
+    test = np.asarray(src.fold) == 0
+    assert np.array_equal(np.asarray(noisy.fold), np.asarray(src.fold))
+    assert np.array_equal(np.asarray(noisy.candidates), np.asarray(src.candidates))
+    assert not test[users].any() and len(np.unique(users)) == round(0.4 * (~test).sum())
+    assert not np.any(truth["original_item"])  # nothing replaced
+    grown = np.bincount(users, minlength=src.num_users)
+    assert np.array_equal(noisy.lengths, src.lengths + grown)
+    flat = np.asarray(noisy.seq_offsets)[users] + position
+    assert np.array_equal(np.flatnonzero(noisy.planted), flat)
+    assert np.array_equal(np.delete(np.asarray(noisy.seq_items), flat), np.asarray(src.seq_items))
+    assert np.all(position < noisy.lengths[users] - 1)  # the last item stays the user's own
+    src_times = pq.read_table(tiny_dataset / "interactions.parquet").column("time").to_numpy()
+    times = pq.read_table(root / "data" / "interactions.parquet").column("time").to_numpy()
+    assert np.array_equal(np.delete(times, flat), src_times)
+    before = np.maximum(flat - 1, np.asarray(noisy.seq_offsets)[users])  # the tiny dataset's times increase
+    assert np.all(times[flat] == np.where(position > 0, times[before], times[flat + 1]))
+
+    report = json.loads((root / "audit.json").read_text())
+    assert report["noise"]["kind"] == "insert"
+    record = report["runs"]["base"]["42"]
+    assert record["users"] == int(test.sum()) and 0.0 <= record["audit"]["noise_auc"] <= 1.0
+
+
 def _grid(tmp_path: Path, dataset: Path) -> Path:
     grid = tmp_path / "grid"
     grid.mkdir()

@@ -35,6 +35,10 @@ def small(**overrides) -> SyntheticConfig:
     return SyntheticConfig(**{**SMALL, **overrides})
 
 
+#: the kinds that replace items in place ('insert' grows the sequences: tested on its own below)
+REPLACING = tuple(k for k in synthetic.NOISE_KINDS if k != "insert")
+
+
 @pytest.fixture(scope="module")
 def data():
     return generate(small())
@@ -45,12 +49,12 @@ def lengths_of(d) -> np.ndarray:
 
 
 def user_items(d, u, clean=True) -> np.ndarray:
-    items = d.clean_items if clean else d.seq_items
-    return items[d.seq_offsets[u] : d.seq_offsets[u + 1]]
+    items, offsets = (d.clean_items, d.clean_offsets) if clean else (d.seq_items, d.seq_offsets)
+    return items[offsets[u] : offsets[u + 1]]
 
 
 def assert_same(a, b) -> None:
-    for f in ("clean_items", "seq_items", "seq_offsets", "seq_times", "item_category"):
+    for f in ("clean_items", "clean_offsets", "seq_items", "seq_offsets", "seq_times", "item_category"):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
     for k in a.noise:
         np.testing.assert_array_equal(a.noise[k], b.noise[k], err_msg=k)
@@ -72,8 +76,9 @@ def test_different_seed_differs(data):
     assert not np.array_equal(np.unique(other.noise["user"]), np.unique(data.noise["user"]))
 
 
-def test_result_does_not_depend_on_thread_count(monkeypatch):
-    cfg = small(users=3000, noisy_user_share=0.5, noise_kind="foreign")
+@pytest.mark.parametrize("kind", ["foreign", "insert"])
+def test_result_does_not_depend_on_thread_count(monkeypatch, kind):
+    cfg = small(users=3000, noisy_user_share=0.5, noise_kind=kind)
     monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
     one = generate(cfg)
     monkeypatch.setattr(numba, "get_num_threads", lambda: 7)  # 7 uneven chunks on 2 cores
@@ -182,7 +187,7 @@ def test_zero_share_plants_nothing(overrides):
     np.testing.assert_array_equal(d.seq_items, d.clean_items)
 
 
-@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+@pytest.mark.parametrize("kind", REPLACING)
 def test_without_noise_in_targets_the_last_item_is_never_replaced(kind):
     # Even when every other item is replaced, the last item (the leave-one-out test positive)
     # stays the true one; the second-to-last (the leave-one-out training target) is replaced.
@@ -195,7 +200,7 @@ def test_without_noise_in_targets_the_last_item_is_never_replaced(kind):
     assert np.all(d.seq_items[last - 1] != d.clean_items[last - 1])
 
 
-@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+@pytest.mark.parametrize("kind", REPLACING)
 def test_with_noise_in_targets_every_item_of_a_noisy_user_can_be_replaced(kind):
     d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind))
     noisy = d.fold != 0
@@ -270,7 +275,7 @@ def own_cluster_share(d, users, items):
     return np.mean(hits)
 
 
-@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+@pytest.mark.parametrize("kind", REPLACING)
 def test_planted_items_are_off_the_users_taste(kind):
     d = generate(small(noisy_item_share=0.5, noise_kind=kind))
     users, sample = d.noise["user"][:600], slice(0, 600)
@@ -345,40 +350,191 @@ def tiny_csr():
     return items, offsets, np.bincount(items, minlength=101)
 
 
-@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+@pytest.mark.parametrize("kind", REPLACING)
 def test_plant_noise_on_a_csr_dataset_respects_eligibility(kind):
     items, offsets, popularity = tiny_csr()
     before = items.copy()
     eligible = np.array([0, 2, 3, 5, 6])  # user 0 has no history: never eligible
-    new, truth = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
-                             seed=3, eligible_users=eligible)
+    noisy = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
+                        seed=3, eligible_users=eligible)
+    new, truth = noisy.seq_items, noisy.truth
     np.testing.assert_array_equal(items, before)  # input untouched
+    np.testing.assert_array_equal(noisy.seq_offsets, offsets)  # replacing: same lengths
+    np.testing.assert_array_equal(noisy.origin, np.arange(len(items)))
     np.testing.assert_array_equal(np.unique(truth["user"]), [2, 3, 5, 6])
     flat = offsets[truth["user"]] + truth["position"]
     np.testing.assert_array_equal(np.flatnonzero(new != items), flat)
     mask = np.zeros(8, dtype=bool)
     mask[eligible] = True
-    new_mask, truth_mask = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5,
-                                       kind=kind, seed=3, eligible_users=mask)
-    np.testing.assert_array_equal(new_mask, new)
-    other, _ = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
-                           seed=4, eligible_users=eligible)
-    assert not np.array_equal(other, new)
+    by_mask = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5,
+                          kind=kind, seed=3, eligible_users=mask)
+    np.testing.assert_array_equal(by_mask.seq_items, new)
+    other = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
+                        seed=4, eligible_users=eligible)
+    assert not np.array_equal(other.seq_items, new)
 
 
-@pytest.mark.parametrize("kind", synthetic.NOISE_KINDS)
+@pytest.mark.parametrize("kind", REPLACING)
 def test_plant_noise_include_last(kind):
     items, offsets, popularity = tiny_csr()
     lengths = np.diff(offsets)
     args = dict(user_share=1.0, item_share=1.0, kind=kind, seed=3)
-    new, truth = plant_noise(items, offsets, 100, popularity, include_last=True, **args)
+    noisy = plant_noise(items, offsets, 100, popularity, include_last=True, **args)
+    new, truth = noisy.seq_items, noisy.truth
     assert len(truth["user"]) == lengths[1:].sum()  # every item of every user with a history
     np.testing.assert_array_equal(np.flatnonzero(new != items), offsets[truth["user"]] + truth["position"])
     last = offsets[1:] - 1
     assert np.all(new[last[1:]] != items[last[1:]]) and new[last[0]] == items[last[0]]  # user 0: 1 item
-    new, truth = plant_noise(items, offsets, 100, popularity, include_last=False, **args)
-    np.testing.assert_array_equal(new[last], items[last])
-    assert len(truth["user"]) == (lengths[1:] - 1).sum()
+    noisy = plant_noise(items, offsets, 100, popularity, include_last=False, **args)
+    np.testing.assert_array_equal(noisy.seq_items[last], items[last])
+    assert len(noisy.truth["user"]) == (lengths[1:] - 1).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# 'insert': extra items inserted, the sequences grow
+# ---------------------------------------------------------------------------------------------
+
+
+def without_truth(items: np.ndarray, offsets: np.ndarray, truth: dict) -> np.ndarray:
+    """The sequences with the planted positions removed (flat, CSR order)."""
+    return np.delete(items, offsets[truth["user"]] + truth["position"])
+
+
+def expected_counts(lengths: np.ndarray, item_share: float, include_last: bool) -> np.ndarray:
+    span = lengths - (0 if include_last else 1)
+    return np.minimum(np.maximum(1, np.floor(item_share * span + 0.5)), span).astype(np.int64)
+
+
+@pytest.mark.parametrize("in_targets", [True, False])
+def test_insert_grows_noisy_users_and_removing_the_truth_gives_the_clean_sequences(in_targets):
+    d = generate(small(noise_kind="insert", noise_in_targets=in_targets))
+    truth = d.noise
+    users, counts = np.unique(truth["user"], return_counts=True)
+    assert len(users) == int(np.floor(0.3 * 1200 + 0.5))
+    clean_len, new_len = np.diff(d.clean_offsets), lengths_of(d)
+    np.testing.assert_array_equal(counts, expected_counts(clean_len[users], 0.3, in_targets))
+    grown = np.zeros(1500, dtype=np.int64)
+    grown[users] = counts
+    np.testing.assert_array_equal(new_len, clean_len + grown)  # everyone else keeps its length
+    assert len(d.seq_items) == len(d.clean_items) + len(truth["user"])
+    # Nothing replaced: the rest of each sequence is the clean one, in order.
+    np.testing.assert_array_equal(without_truth(d.seq_items, d.seq_offsets, truth), d.clean_items)
+    flat = d.seq_offsets[truth["user"]] + truth["position"]
+    np.testing.assert_array_equal(d.seq_items[flat], truth["planted_item"])
+    assert np.all(truth["original_item"] == 0) and np.all(truth["planted_item"] >= 1)
+    for u in np.flatnonzero(grown == 0)[:300]:
+        np.testing.assert_array_equal(user_items(d, u, clean=False), user_items(d, u))
+    # Times: the clean ones, and an inserted item takes a neighbour's (time order = sequence order).
+    clean_times = generate_times(small())
+    np.testing.assert_array_equal(without_truth(d.seq_times, d.seq_offsets, truth), clean_times)
+    same_user = np.ones(len(d.seq_times) - 1, dtype=bool)
+    same_user[d.seq_offsets[1:-1] - 1] = False
+    assert np.all(np.diff(d.seq_times)[same_user] >= 0)
+    # The last item: the user's own without noise_in_targets; sometimes an inserted one with it.
+    at_last = truth["position"] == new_len[truth["user"]] - 1
+    if in_targets:
+        assert 0 < at_last.sum() < len(users)
+    else:
+        assert not at_last.any()
+        np.testing.assert_array_equal(d.seq_items[d.seq_offsets[1:] - 1], d.clean_items[d.clean_offsets[1:] - 1])
+
+
+def generate_times(cfg) -> np.ndarray:
+    return synthetic.generate_clean(cfg)[2]
+
+
+def test_insert_is_deterministic_and_written_with_its_grown_offsets(tmp_path):
+    cfg = small(noise_kind="insert", users=600)
+    d = generate(cfg)
+    assert_same(d, generate(cfg))
+    out = synthetic.write(cfg, tmp_path / "ds")
+    ds = open_arrays(out)
+    np.testing.assert_array_equal(ds.seq_items, d.seq_items)
+    np.testing.assert_array_equal(ds.seq_offsets, d.seq_offsets)
+    flat = d.seq_offsets[d.noise["user"]] + d.noise["position"]
+    np.testing.assert_array_equal(np.flatnonzero(ds.planted), flat)  # the ground truth, as training reads it
+    np.testing.assert_array_equal(ds.candidates[:, 0], d.seq_items[d.seq_offsets[1:] - 1])  # the grown last items
+    assert ds.meta["num_interactions"] == len(d.seq_items) and ds.meta["noise"]["kind"] == "insert"
+    assert "inserted" in ds.meta["noise"]["last_item"]
+    times = pq.read_table(out / "interactions.parquet").column("time").to_numpy()
+    np.testing.assert_array_equal(times, d.seq_times)
+
+
+@pytest.mark.parametrize("include_last", [False, True])
+def test_plant_noise_insert_on_a_csr_dataset(monkeypatch, include_last):
+    items, offsets, popularity = tiny_csr()
+    before = items.copy()
+    eligible = np.array([0, 2, 3, 5, 6])  # user 0 has no history: never eligible
+    args = dict(user_share=1.0, item_share=1.0, kind="insert", seed=3, eligible_users=eligible,
+                include_last=include_last)
+    noisy = plant_noise(items, offsets, 100, popularity, **args)
+    truth = noisy.truth
+    np.testing.assert_array_equal(items, before)  # input untouched
+    lengths = np.diff(offsets)
+    grown = np.zeros(8, dtype=np.int64)
+    grown[[2, 3, 5, 6]] = lengths[[2, 3, 5, 6]] - (0 if include_last else 1)  # item_share 1: k = s
+    np.testing.assert_array_equal(np.diff(noisy.seq_offsets), lengths + grown)
+    np.testing.assert_array_equal(np.unique(truth["user"]), [2, 3, 5, 6])
+    np.testing.assert_array_equal(without_truth(noisy.seq_items, noisy.seq_offsets, truth), items)
+    np.testing.assert_array_equal(noisy.seq_items[noisy.seq_offsets[truth["user"]] + truth["position"]],
+                                  truth["planted_item"])
+    # origin: own items map to themselves, an inserted one to the same user's interaction before
+    # it (or, at the start, after it)
+    flat = noisy.seq_offsets[truth["user"]] + truth["position"]
+    own = np.ones(len(noisy.seq_items), dtype=bool)
+    own[flat] = False
+    np.testing.assert_array_equal(noisy.origin[own], np.arange(len(items)))
+    user_of = np.repeat(np.arange(8), np.diff(noisy.seq_offsets))
+    origin_user = np.repeat(np.arange(8), lengths)[noisy.origin]
+    np.testing.assert_array_equal(origin_user, user_of)
+    for f in flat:
+        before = np.flatnonzero(own[:f])
+        if len(before) and user_of[before[-1]] == user_of[f]:
+            expected = noisy.origin[before[-1]]
+        else:  # inserted at the start: the user's first own item
+            expected = noisy.origin[f + np.flatnonzero(own[f:])[0]]
+        assert noisy.origin[f] == expected, f
+    # the last item: the user's own unless include_last (then, at item_share 1, often inserted)
+    at_last = truth["position"] == np.diff(noisy.seq_offsets)[truth["user"]] - 1
+    assert at_last.any() == include_last
+    # planted items are new to the user and distinct
+    for u in (2, 3, 5, 6):
+        seq = noisy.seq_items[noisy.seq_offsets[u] : noisy.seq_offsets[u + 1]]
+        assert len(np.unique(seq)) == len(seq)
+    # a pure function of the arguments: the same on another call and any thread count
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
+    again = plant_noise(items, offsets, 100, popularity, **args)
+    for name in ("seq_items", "seq_offsets", "origin"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(noisy, name))
+    for k in truth:
+        np.testing.assert_array_equal(again.truth[k], truth[k])
+    other = plant_noise(items, offsets, 100, popularity, **{**args, "seed": 4})
+    assert not np.array_equal(other.truth["planted_item"], truth["planted_item"])
+
+
+def test_plant_noise_insert_many_users_is_the_same_on_any_thread_count(monkeypatch):
+    # Enough users for several chunks (_run_chunks uses one thread per 256 rows at most).
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(2, 30, 3000)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = np.concatenate([rng.choice(np.arange(1, 501), n, replace=False) for n in lengths]).astype(np.int32)
+    args = dict(user_share=0.6, item_share=0.4, kind="insert", seed=9)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
+    one = plant_noise(items, offsets, 500, np.bincount(items, minlength=501), **args)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 7)
+    many = plant_noise(items, offsets, 500, np.bincount(items, minlength=501), **args)
+    for name in ("seq_items", "seq_offsets", "origin"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(many, name))
+    for k in one.truth:
+        np.testing.assert_array_equal(one.truth[k], many.truth[k])
+    np.testing.assert_array_equal(without_truth(one.seq_items, one.seq_offsets, one.truth), items)
+
+
+def test_every_noise_kind_is_a_config_choice():
+    import typing
+
+    hint = typing.get_type_hints(SyntheticConfig)["noise_kind"]
+    assert typing.get_args(hint) == synthetic.NOISE_KINDS
 
 
 @pytest.mark.parametrize(
@@ -397,6 +553,12 @@ def test_plant_noise_rejects_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         plant_noise(items, offsets, 100, args.pop("popularity"), **args)
+
+
+def test_an_unknown_noise_kind_lists_every_kind():
+    items, offsets, popularity = tiny_csr()
+    with pytest.raises(ValueError, match="expected one of random, popular, foreign, insert"):
+        plant_noise(items, offsets, 100, popularity, user_share=0.5, item_share=0.5, kind="gaussian", seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +597,15 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     ds = open_arrays(out)
     assert ds.meta["generator"]["noise_kind"] == "foreign"
     assert ds.num_users == 300 and ds.noise_users.sum() == 120  # half of the 240 users outside fold 0
+
+
+def test_cli_accepts_the_insert_kind(tmp_path):
+    out = tmp_path / "ds"
+    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-kind", "insert"]) == 0
+    ds = open_arrays(out)
+    clean = len(generate_times(SyntheticConfig(users=300, items=200)))
+    assert ds.meta["noise"]["kind"] == "insert" and ds.meta["noise"]["planted_items"] > 0
+    assert ds.meta["num_interactions"] == clean + ds.meta["noise"]["planted_items"]
 
 
 def test_cli_parses_booleans_and_none(tmp_path):

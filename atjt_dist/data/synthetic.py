@@ -22,23 +22,32 @@ So the recent history predicts the next item well, at two levels a small DIN can
 cluster (a category embedding, through target attention) and the item (successor links).
 
 Planted noise (:func:`plant_noise`, usable on any CSR dataset): a share of users, drawn
-uniformly, get ``round(item_share * (n - 1))`` (at least one) items of their history replaced.
-A planted item is never one of the user's own items (so it is unrelated to the user's taste
-and to its sequential context, and the difference clean vs noisy is exactly the ground truth):
+uniformly, get ``round(item_share * (n - 1))`` (at least one) items of their history replaced,
+or, with ``insert``, that many extra items inserted. A planted item is never one of the user's
+own items (so it is unrelated to the user's taste and to its sequential context, and the
+difference clean vs noisy is exactly the ground truth):
 
 - ``random``: drawn uniformly from the catalogue, at random positions. This is exactly the
   corruption ATJT's recogniser is trained on (METHOD.md section 2), so ATJT should catch it.
 - ``popular``: drawn by popularity, at random positions (noise a popularity prior explains).
 - ``foreign``: a contiguous block of positions filled by consecutive items of another user's
   sequence (a shared account: someone else's session inside this user's history).
+- ``insert``: items drawn uniformly (as ``random``) inserted between the user's own items, at
+  random slots, nothing replaced (stray interactions added to a true history). The noisy
+  user's sequence grows by the number inserted, so the CSR offsets change; an inserted
+  interaction takes the time of the one before it (of the one after it at the start of a
+  sequence), so time order stays sequence order. Removing the planted positions gives back
+  the clean sequence exactly.
 
 **The last item.** It is the training target of the paper's one-sample-per-user protocol and
 the test positive (column 0 of the stored candidates). With ``noise_in_targets`` (the default)
 a noisy user's last item may be replaced like any other, so some training positives are false
 positives (what T-CE / R-CE target, and a history/target mismatch ATJT's recogniser can see);
-with ``clean_test_fold`` (the default: fold 0, the default test fold) the test users get no
+with ``insert`` an inserted item may land after the last one and become the new last item.
+With ``clean_test_fold`` (the default: fold 0, the default test fold) the test users get no
 noise at all, so test metrics measure true preferences. ``noise_in_targets=false`` never
-replaces the last item (for ``data.split=loo``, whose test positives are the last items).
+replaces the last item, and never inserts after it (for ``data.split=loo``, whose test
+positives are the last items).
 
 **The default size** is set by the training schedule, not by realism. In the paper protocol a
 run has users / 80 steps (2 phases of 4 epochs, each over half of the 80% training users, in
@@ -77,7 +86,7 @@ import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numba
 import numpy as np
@@ -92,8 +101,9 @@ log = logging.getLogger(__name__)
 
 # Bump when the generator's output for a given config changes: cached datasets are keyed by it.
 GENERATOR_VERSION = 3
-NOISE_KINDS = ("random", "popular", "foreign")
+NOISE_KINDS = ("random", "popular", "foreign", "insert")
 _KIND_CODE = {k: i for i, k in enumerate(NOISE_KINDS)}
+_INSERT = _KIND_CODE["insert"]
 _MAX_REJECTIONS = 32  # Zipf / alias draws before a deterministic scan for a free item
 _EPOCH = 1_500_000_000  # synthetic timestamps start in 2017 (seconds)
 
@@ -103,9 +113,10 @@ class SyntheticData:
     """A generated dataset in memory: CSR sequences before and after planting noise."""
 
     clean_items: np.ndarray  # int32 [N]: the sequences as generated
-    seq_items: np.ndarray  # int32 [N]: with planted noise (what is written)
-    seq_offsets: np.ndarray  # int64 [U + 1]
-    seq_times: np.ndarray  # int64 [N]: increasing per user
+    clean_offsets: np.ndarray  # int64 [U + 1]: of clean_items
+    seq_items: np.ndarray  # int32 [N']: with planted noise (what is written); N' > N only with 'insert'
+    seq_offsets: np.ndarray  # int64 [U + 1]: of seq_items (clean_offsets but with 'insert')
+    seq_times: np.ndarray  # int64 [N']: of seq_items, non-decreasing per user (increasing but with 'insert')
     item_category: np.ndarray  # int32 [M + 1]: cluster 1..C of each item, 0 for padding
     noise: dict[str, np.ndarray]  # ground truth: user, position, original_item, planted_item
     fold: np.ndarray  # int8 [U]: the k-fold fold of each user, as the dataset stores it
@@ -494,6 +505,31 @@ def _plant_user(
         out_items[p] = planted[j]
 
 
+@numba.njit(cache=True)
+def _insert_user(state, u, include_last, seq_items, seq_offsets, num_items, positions, planted):
+    """Draw len(positions) items new to user u and their slots in its grown sequence.
+
+    The k slots are a uniform sorted subset of the grown sequence's n + k positions, all but the
+    last one without ``include_last`` (the last item stays the user's own). The user's items
+    keep their order in the remaining slots (plant_noise merges them).
+    """
+    a = seq_offsets[u]
+    n = seq_offsets[u + 1] - a
+    k = positions.shape[0]
+    owned = _set_new(n + k)
+    for j in range(n):
+        _set_add(owned, seq_items[a + j])
+    span = n + k if include_last else n + k - 1
+    state = _noise_positions(state, span, k, False, positions)
+    for j in range(k):
+        state, item = _free_uniform(state, num_items, owned)
+        if item == 0:  # the user owns every item: any item (a repeat)
+            state, x = next_below(state, num_items)
+            item = x + 1
+        _set_add(owned, item)
+        planted[j] = item
+
+
 @numba.njit(nogil=True, cache=True)
 def _plant(
     lo, hi, key, kind, include_last, seq_items, seq_offsets, users, row_offsets, prob, alias, num_items,
@@ -501,13 +537,59 @@ def _plant(
 ):
     # Reads only the input sequences (donors may be noisy users too) and writes only row r's
     # user slice and truth rows: no row depends on another, whatever the thread schedule.
+    # 'insert' writes only the truth rows (plant_noise merges them into the grown sequences).
     for r in range(lo, hi):
         a = row_offsets[r]
         b = row_offsets[r + 1]
-        _plant_user(
-            row_state(key, users[r]), users[r], kind, include_last, seq_items, seq_offsets, prob, alias,
-            num_items, out_items, out_pos[a:b], out_orig[a:b], out_planted[a:b],
-        )
+        if kind == _INSERT:
+            _insert_user(
+                row_state(key, users[r]), users[r], include_last, seq_items, seq_offsets, num_items,
+                out_pos[a:b], out_planted[a:b],
+            )
+            out_orig[a:b] = 0  # nothing replaced
+        else:
+            _plant_user(
+                row_state(key, users[r]), users[r], kind, include_last, seq_items, seq_offsets, prob, alias,
+                num_items, out_items, out_pos[a:b], out_orig[a:b], out_planted[a:b],
+            )
+
+
+def _merge_inserted(
+    seq_items: np.ndarray, seq_offsets: np.ndarray, user: np.ndarray, position: np.ndarray, planted: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grown CSR sequences of 'insert' and the origin of each interaction (see PlantedNoise).
+
+    ``user``, ``position`` (in the grown sequence), ``planted``: the truth rows, sorted by
+    (user, position). The slots that are not planted hold the input items, in order.
+    """
+    extra = np.bincount(user, minlength=len(seq_offsets) - 1).astype(np.int64)
+    offsets = seq_offsets.copy()
+    offsets[1:] += np.cumsum(extra)
+    flat = offsets[user] + position
+    inserted = np.zeros(int(offsets[-1]), dtype=bool)
+    inserted[flat] = True
+    items = np.empty(len(inserted), dtype=np.int32)
+    items[flat] = planted
+    items[~inserted] = seq_items
+    origin = np.empty(len(inserted), dtype=np.int64)
+    origin[~inserted] = np.arange(len(seq_items), dtype=np.int64)
+    # The input interaction before an inserted one is the (count of own items before it) - 1:
+    # the same user's unless it is at the start of the sequence, then the user's first item.
+    kept_before = np.cumsum(~inserted)[flat]
+    origin[flat] = np.maximum(kept_before - 1, seq_offsets[user])
+    return items, offsets, origin
+
+
+class PlantedNoise(NamedTuple):
+    """What :func:`plant_noise` returns: the noisy CSR sequences and the ground truth."""
+
+    seq_items: np.ndarray  # int32 [N']: the sequences with noise (N' = N + inserted items)
+    seq_offsets: np.ndarray  # int64 [U + 1]: their offsets (the input's, but with 'insert')
+    #: int64 [N']: the input interaction each output one continues: itself, or for an inserted
+    #: item the user's interaction before it (after it at the start of a sequence). Carry any
+    #: per-interaction column (times) with ``column[origin]``.
+    origin: np.ndarray
+    truth: dict[str, np.ndarray]  # user, position (in the output sequence), original_item, planted_item
 
 
 def _eligible(lengths: np.ndarray, eligible_users: Optional[np.ndarray]) -> np.ndarray:
@@ -540,21 +622,25 @@ def plant_noise(
     seed: int,
     eligible_users: Optional[np.ndarray] = None,
     include_last: bool = False,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Plant noise into the sequences of a CSR dataset; returns (new seq_items, ground truth).
+) -> PlantedNoise:
+    """Plant noise into the sequences of a CSR dataset; returns the noisy sequences, their
+    offsets, each output interaction's origin and the ground truth (:class:`PlantedNoise`).
 
     ``round(user_share * E)`` users are drawn uniformly among the E eligible ones (users with at
     least 2 items, restricted to ``eligible_users``: ids or a bool mask). A drawn user of n items
-    gets ``max(1, round(item_share * s))`` of its first s items replaced, s = n with
+    gets ``k = max(1, round(item_share * s))`` of its first s items replaced, s = n with
     ``include_last`` (the last item too: the training target of the paper protocol, and the
     test positive under leave-one-out) and s = n - 1 without (the last item never is). The
     replacements are items the user does not own, drawn by ``kind``: 'random' (uniform, at
     random positions), 'popular' (proportional to ``popularity``, int [num_items + 1], entry 0
     unused, at random positions), or 'foreign' (a contiguous block filled by consecutive items
-    of another random user). ``item_share = 0`` plants nothing. The ground truth holds one row
-    per planted item, sorted by (user, position): int32 columns user, position, original_item,
-    planted_item. The input is not modified; the result is a pure function of the arguments
-    (not of the thread count).
+    of another random user). 'insert' replaces nothing: it inserts k items drawn as 'random'
+    at random slots, so the user's sequence grows to n + k and the offsets change; without
+    ``include_last`` no item is inserted after the last one (it stays the last), with it an
+    inserted item may become the new last item. ``item_share = 0`` plants nothing. The ground
+    truth holds one row per planted item, sorted by (user, position): int32 columns user,
+    position (in the output sequence), original_item (0 for 'insert'), planted_item. The input
+    is not modified; the result is a pure function of the arguments (not of the thread count).
     """
     if kind not in _KIND_CODE:
         raise ValueError(f"noise kind {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
@@ -583,7 +669,8 @@ def plant_noise(
         prob, alias = build_alias(popularity[1:].astype(np.float64))
     else:
         prob, alias = np.ones(1), np.zeros(1, dtype=np.int32)
-    out_items = seq_items.copy()
+    # 'insert' leaves out_items alone: the grown sequences are merged from the truth below.
+    out_items = seq_items.copy() if kind != "insert" else np.empty(0, dtype=np.int32)
     position = np.empty(total, dtype=np.int32)
     original = np.empty(total, dtype=np.int32)
     planted = np.empty(total, dtype=np.int32)
@@ -599,7 +686,11 @@ def plant_noise(
         "original_item": original,
         "planted_item": planted,
     }
-    return out_items, truth
+    if kind == "insert":
+        out_items, out_offsets, origin = _merge_inserted(seq_items, seq_offsets, truth["user"], position, planted)
+    else:
+        out_offsets, origin = seq_offsets.copy(), np.arange(len(seq_items), dtype=np.int64)
+    return PlantedNoise(out_items, out_offsets, origin, truth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,12 +713,25 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     # The folds write() stores (same function, same arguments): the clean fold is known up front.
     fold = assign_folds(cfg.users, cfg.folds, cfg.seed)
     eligible = None if cfg.clean_test_fold is None else fold != cfg.clean_test_fold
-    noisy, truth = plant_noise(
+    noisy = plant_noise(
         clean, offsets, cfg.items, popularity,
         user_share=cfg.noisy_user_share, item_share=cfg.noisy_item_share,
         kind=cfg.noise_kind, seed=cfg.seed, eligible_users=eligible, include_last=cfg.noise_in_targets,
     )
-    return SyntheticData(clean, noisy, offsets, times, item_category, truth, fold)
+    return SyntheticData(
+        clean, offsets, noisy.seq_items, noisy.seq_offsets, times[noisy.origin], item_category, noisy.truth, fold,
+    )
+
+
+def _last_item_note(cfg: SyntheticConfig) -> str:
+    """What the noise may do to a noisy user's last item (meta.json's noise.last_item)."""
+    if cfg.noise_kind == "insert":
+        if cfg.noise_in_targets:
+            return "an inserted item may follow it and become the last item (a false-positive training target)"
+        return "never an inserted item: always the user's own last item"
+    if cfg.noise_in_targets:
+        return "replaced like any other item of a noisy user (a false-positive training target)"
+    return "never replaced"
 
 
 def write(cfg: SyntheticConfig, output: str | Path, *, overwrite: bool = False) -> Path:
@@ -644,10 +748,7 @@ def write(cfg: SyntheticConfig, output: str | Path, *, overwrite: bool = False) 
             "noisy_users": noisy_users,
             "planted_items": int(len(data.noise["user"])),
             "planted_last_items": int(last.sum()),
-            "last_item": (
-                "replaced like any other item of a noisy user (a false-positive training target)"
-                if cfg.noise_in_targets else "never replaced"
-            ),
+            "last_item": _last_item_note(cfg),
             "clean_test_fold": cfg.clean_test_fold,
         },
         "generation_seconds": round(time.perf_counter() - started, 3),
