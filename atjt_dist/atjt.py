@@ -29,6 +29,7 @@ from .data.sampling import partition_users
 from .models import ModelSpec, SequentialRecommender, build_recommender
 from .models.recognizers import build_recognizer
 from .models.batch import SequenceBatch
+from .models.layers import dropout_rows, name_dropout_layers
 from .objective import ORACLE_LEVELS, objective_name
 
 # ---------------------------------------------------------------------------------------------
@@ -159,22 +160,28 @@ class Schedule:
         return build(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch), oracle=self.oracle)
 
     def recognizer_batch(self, plan: StepPlan) -> Optional[BatchArrays]:
-        """The step's N-1 corrupted recogniser batches, rows concatenated (None if none)."""
+        """The step's N-1 corrupted recogniser batches, rows concatenated (None if none).
+
+        Row ids are made unique over the step (they key the dropout masks, and the recogniser
+        reads these rows and the recommender's positives in one pass): the recogniser's rows
+        are numbered after the 2 x train.batch_size ids of the recommender's rows, batch after
+        batch (the i-th of the step: ids from 2 x batch_size + i x recognizer_batch_size).
+        """
         if not plan.recognizer_batches:
             return None
         ph = self.phases[plan.phase]
         a = self.cfg.atjt
         parts = []
-        for k in plan.recognizer_batches:
+        for i, k in enumerate(plan.recognizer_batches):
             cycle, index = divmod(k, ph.aux_batches)
             order = self._order(ph.aux_space, "aux", plan.phase, cycle)
-            parts.append(
-                self.data.recognizer_batch(
-                    ph.aux_space, order, index, self.aux_batch, counters=(plan.phase, k),
-                    noise_fraction=a.noise_fraction, replace_count=a.replace_count,
-                    per_row_position=a.per_row_position, replacement=a.replacement,
-                )
+            part = self.data.recognizer_batch(
+                ph.aux_space, order, index, self.aux_batch, counters=(plan.phase, k),
+                noise_fraction=a.noise_fraction, replace_count=a.replace_count,
+                per_row_position=a.per_row_position, replacement=a.replacement,
             )
+            part.row_ids = part.row_ids + 2 * self.batch + i * self.aux_batch
+            parts.append(part)
         if len(parts) == 1:
             return parts[0]
         return BatchArrays.concat(parts)
@@ -221,6 +228,8 @@ class JointModel(nn.Module):
         # The leak fix: the recogniser's user rows of the users it weights stay out of L_R's
         # backward (the 'no_aux' ablation learns its weights from L_R alone, so it keeps them).
         self.isolate_weighted_users = cfg.atjt.isolate_weighted_users and cfg.atjt.variant != "no_aux"
+        # Dropout masks are keyed by each layer's path in this tree (the same in every process).
+        name_dropout_layers(self)
 
     def idle_dense_parameters(self, phase: int, stage: str) -> list[nn.Parameter]:
         """Dense parameters that this step's forward leaves without a gradient: the other
@@ -251,35 +260,42 @@ class JointModel(nn.Module):
         return out
 
     def _forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> dict:
+        # Each model call names the global ids of the rows it reads: they key its dropout masks.
         out: dict = {}
         if stage != RECOGNIZER_ONLY and rec is not None:
-            if self.next_item:
-                out["seq_logits"] = self.recommender.sequence_logits(rec)
-            else:
-                out["rec_logits"] = self.recommender(rec)
-            extra = self.recommender.extra_loss(rec) if self.training else None
+            with dropout_rows(rec.row_ids):
+                if self.next_item:
+                    out["seq_logits"] = self.recommender.sequence_logits(rec)
+                else:
+                    out["rec_logits"] = self.recommender(rec)
+                extra = self.recommender.extra_loss(rec) if self.training else None
             if extra is not None:
                 out["extra_loss"] = extra
         if not len(self.recognizers):
             return out
         g = self.recognizers[phase]
         if stage == RECOGNIZER_ONLY:
-            self._aux_outputs(out, *g.forward_items(aux))
+            with dropout_rows(aux.row_ids):
+                self._aux_outputs(out, *g.forward_items(aux))
             return out
         # The weight of a sequence comes from its clean positive: the first half of pointwise
-        # rows, every row of a next-item batch.
+        # rows, every row of a next-item batch. The recogniser runs in the module's mode: in
+        # training, with its dropout on, for the weights as for L_D.
         positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
         if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
-            with torch.no_grad():
+            with torch.no_grad(), dropout_rows(positives.row_ids):
                 out["weight_logits"] = g(positives)
             return out
         frozen = len(positives) if self.isolate_weighted_users else 0
         if aux is None:
-            out["weight_logits"] = g.forward_items(positives, frozen_user_rows=frozen)[0]
+            with dropout_rows(positives.row_ids):
+                out["weight_logits"] = g.forward_items(positives, frozen_user_rows=frozen)[0]
             return out
         if aux.replaced is not None:  # the positives are clean: nothing of theirs was replaced
             positives = replace(positives, replaced=torch.zeros_like(positives.hist, dtype=torch.bool))
-        seq, items = g.forward_items(SequenceBatch.concat([positives, aux]), frozen_user_rows=frozen)
+        both = SequenceBatch.concat([positives, aux])
+        with dropout_rows(both.row_ids):
+            seq, items = g.forward_items(both, frozen_user_rows=frozen)
         n = len(positives)
         out["weight_logits"] = seq[:n]
         self._aux_outputs(out, seq[n:], None if items is None else items[n:])

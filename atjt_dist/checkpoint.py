@@ -13,9 +13,10 @@ What a checkpoint holds. ``RUN_DIR/checkpoints/step-XXXXXXXX/`` (XXXXXXXX = trai
     dense/                  instead of dense_optimizer, when the dense backend keeps its own
                             checkpoint format (DeepSpeed ZeRO, optim.DeepSpeedAdagrad: its
                             ``save_checkpoint``/``load_checkpoint``, partitioned per rank)
-    rng-rankRRRRR.pt        rank R's torch generator state (and CUDA's on GPUs): dropout masks
-                            come from it, so a resumed run draws the masks the uninterrupted
-                            run draws
+    rng-rankRRRRR.pt        rank R's torch generator state (and CUDA's on GPUs); the training
+                            step's dropout masks do not depend on it (they are keyed by seed,
+                            step, layer and global row: models/layers.py, Dropout), anything
+                            drawn from the generator outside a step does
     checkpoint.json         the commit record: step (the schedule position; phase and epoch
                             are derived from it and recorded for reading), seed, a hash of the
                             config that decides the trajectory and that config, the dataset's
@@ -42,8 +43,8 @@ one is tried. Its config hash must match the run's (a ConfigError lists the diff
 run_dir, resume, checkpoint.*, train.max_steps, train.log_every, train.progress_bar, eval.*,
 dist.* and data.path may change). DCP reshards the tables and their optimiser state on load, so
 the number of processes may change; the generators are then reseeded per rank from (seed,
-step, rank) instead (dropout masks are per process, so such a run is not the uninterrupted one
-bit for bit; everything else equals it up to summation order). A table must keep its kind of
+step, rank) instead (the training step draws nothing from them: its dropout masks are keyed by
+the global row, so such a run equals the uninterrupted one up to summation order). A table must keep its kind of
 sharding, model-parallel (state in the fused optimiser) or data-parallel (state in the dense
 one), and a DeepSpeed ZeRO state its number of processes; otherwise the resume is refused with
 a message saying so.

@@ -416,7 +416,12 @@ class ModelConfig:
 
     name: str = knob("din", "Base model: one of the names in atjt_dist.models.REGISTRY.")
     embedding_dim: int = knob(8, "Embedding dimension of the user, item and category tables.")
-    dropout: float = knob(0.0, "Dropout of the base model's hidden layers.")
+    dropout: float = knob(
+        0.0,
+        "Dropout of the base model's hidden layers. Every dropout probability (here and in the "
+        "model and recogniser sections) is rounded to a multiple of 1/256: the masks are keyed "
+        "hashes, one byte per unit (models/layers.py, Dropout).",
+    )
     objective: Literal["pointwise", "next_item"] = knob(
         "pointwise",
         "'pointwise': the paper's BCE on (history, target, label) rows, a positive and its "

@@ -37,7 +37,7 @@ from .objective import Losses, compute_losses, objective_name
 from .prefetch import prefetch_plans, step_batches
 from .models import ModelSpec, SequentialRecommender
 from .models.batch import SequenceBatch
-from .models.layers import dice_layers, population_statistics
+from .models.layers import dice_layers, dropout_rows, dropout_step, population_statistics
 from .optim import build_optimizers, learning_rate
 from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, progress_bar, record_user_weights, setup_logging, write_json
 
@@ -194,7 +194,10 @@ class Trainer:
         """One optimisation step of the plan's batches (built here unless prefetched onto the
         device, dist.pipeline); returns losses and outputs (on device)."""
         rec, aux = batches if batches is not None else self._batches(plan)
-        out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)  # the DMP model (via DeepSpeed's engine)
+        # Dropout masks are keyed by (seed, step, layer, call, global row, element): the same
+        # on any number of processes, and on resume (models/layers.py, Dropout).
+        with dropout_step(self.cfg.seed, plan.step):
+            out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)  # the DMP model (via DeepSpeed's engine)
         losses = compute_losses(out, rec, aux, self.cfg, plan.stage, plan.step)
         # Embedding tables update inside the backward (fused optimiser); the idle dense
         # parameters (untouched by this step) get neither weight decay nor an Adagrad update.
@@ -334,7 +337,8 @@ class Trainer:
 
         The batches are rebuilt from the schedule (a pure function of the config, the seed and
         the step), so an uninterrupted and a resumed run evaluate with the same statistics, and
-        the forwards run in a forked generator so that no later random draw changes.
+        the forwards run in a forked generator so that no later random draw changes. Each
+        forward draws the dropout masks of its training step (the same keys as in training).
         """
         wanted = self.cfg.eval.population_stats_batches
         recommender = self.model.module.recommender
@@ -345,7 +349,8 @@ class Trainer:
         with torch.random.fork_rng(devices=devices), population_statistics(recommender):
             for plan in plans:
                 batch = SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(self.ctx.device)
-                recommender(batch)
+                with dropout_step(self.cfg.seed, plan.step), dropout_rows(batch.row_ids):
+                    recommender(batch)
         return len(plans)
 
     @torch.no_grad()
@@ -475,7 +480,7 @@ class Trainer:
             log.info(
                 "resumed from %s: step %d/%d (phase %s, epoch %s), saved by %d process(es), now %d%s",
                 path, self.step, self.total_steps(), record.get("phase"), record.get("epoch"), record["world_size"],
-                self.ctx.world, "" if record["world_size"] == self.ctx.world else " (tables resharded; dropout generators reseeded)",
+                self.ctx.world, "" if record["world_size"] == self.ctx.world else " (tables resharded)",
             )
 
     def _checkpoint_due(self, total: int) -> bool:

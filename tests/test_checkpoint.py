@@ -360,8 +360,8 @@ def _assert_same_run(reference: Path, resumed: Path) -> None:
 def test_one_process_killed_at_a_random_step_resumes_exactly_past_a_damaged_checkpoint(tiny_dataset, tmp_path):
     """SIGKILL at a random step after 2 checkpoints; the newest is then truncated: the resume
     reports it, takes the previous one and still ends bit for bit where the uninterrupted run
-    ends. The recogniser's dropout (0.5, the default) is on: its masks come from torch's
-    generator, which the checkpoint restores."""
+    ends. The recogniser's dropout (0.5, the default) is on: its masks are keyed by
+    (seed, step, layer, row), so the resumed run draws the uninterrupted run's."""
     kill_at = random.SystemRandom().randint(7, 11)
     common = [*TRAIN, f"--data.path={tiny_dataset}", *SMALL]
     reference, run = tmp_path / "reference", tmp_path / "run"
@@ -386,8 +386,8 @@ def test_one_process_killed_at_a_random_step_resumes_exactly_past_a_damaged_chec
 def two_process_runs(tiny_dataset, tmp_path_factory):
     """An uninterrupted 2-process run, and one whose rank 1 SIGKILLs itself at a random step
     under torchrun --max-restarts=1 (at a checkpoint step it dies while writing the checkpoint,
-    after its files and before the commit). Dropout off: the resharding test compares against
-    a run with another number of processes (dropout masks are drawn per process)."""
+    after its files and before the commit). Dropout off, as in the runs it is compared with
+    (dropout across process counts: tests/test_train.py)."""
     root = tmp_path_factory.mktemp("two")
     kill_at = random.SystemRandom().randint(4, 11)
     how = "checkpoint" if kill_at % 3 == 0 else "kill"

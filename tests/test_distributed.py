@@ -37,7 +37,7 @@ SMALL = [
     "--train.epochs=2",
     "--train.log_every=2",
     "--eval.batch_users=64",
-    "--atjt.recognizer.dropout=0",  # masks come from each process's own generator
+    "--atjt.recognizer.dropout=0",  # dropout across world sizes: tests/test_train.py
     "--no-train.progress_bar",
 ]
 #: Every sharding type on at least one table, over the recommender's and both recognisers'.

@@ -32,7 +32,7 @@ SBATCH_1NODE = REPO / "launch" / "slurm" / "train_1node.sbatch"
 SBATCH_MULTINODE = REPO / "launch" / "slurm" / "train_multinode.sbatch"
 
 # test_train.py's SMALL settings with one epoch per phase, as a config file (the launchers take
-# CONFIG). Dropout off: it draws from each process's own generator. The sharding type is fixed:
+# CONFIG). Dropout off (dropout across process counts is tests/test_train.py's). The sharding type is fixed:
 # TorchRec's planner sees the topology (2 nodes x 1 process or 1 node x 2) and would choose
 # differently per topology (data_parallel instead of row_wise for the small category table, a
 # different optimiser path: ~1e-5 apart after 6 steps); with the same plan the runs agree.

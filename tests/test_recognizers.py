@@ -150,11 +150,13 @@ def test_transformer_dropout_acts_in_training_only():
 
 # Recorded from NoiseRecognizer before the recogniser kinds existed (seed 0, default config,
 # random_batch(SPEC, rows=8, seed=3)): parameter sum, eval logits, train logits after seed 1.
+# The train logits were recorded again when dropout became keyed (models/layers.py, Dropout:
+# outside a training step its key comes from torch's generator); the network is the same.
 _DIN_PARAMETER_SUM = 74.02739878077409
 _DIN_EVAL = [-0.07423806935548782, -0.037554603070020676, -0.010732382535934448, 0.0008845292031764984,
              -0.06632641702890396, -0.03359620273113251, -0.023518025875091553, 0.036687612533569336]
-_DIN_TRAIN = [-0.14064189791679382, -0.037554603070020676, -0.011983655393123627, -0.05866820737719536,
-              -0.06632641702890396, -0.03359620273113251, -0.023518025875091553, 0.037481889128685]
+_DIN_TRAIN = [-0.13997454941272736, -0.037554603070020676, -0.01814546436071396, 0.004994291812181473,
+              -0.06632641702890396, -0.03359620273113251, -0.023518025875091553, -0.022758297622203827]
 
 
 @pytest.mark.parametrize("build", ["class", "kind"])

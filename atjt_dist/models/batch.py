@@ -49,6 +49,9 @@ class SequenceBatch:
     replaced: Optional[torch.Tensor] = None  # bool [B, L]
     #: oracle training only: each row's ground-truth weight (0 = planted noise)
     weight: Optional[torch.Tensor] = None  # float32 [B]
+    #: the rows' global ids (data.dataset.BatchArrays.row_ids; atjt.Schedule numbers the
+    #: recogniser's rows after the recommender's): what keys their dropout masks
+    row_ids: Optional[torch.Tensor] = None  # int64 [B]
 
     @classmethod
     def from_arrays(cls, arrays) -> "SequenceBatch":
@@ -66,6 +69,7 @@ class SequenceBatch:
             candidates=t(arrays.candidates) if getattr(arrays, "candidates", None) is not None else None,
             replaced=torch.from_numpy(np.ascontiguousarray(arrays.replaced)) if getattr(arrays, "replaced", None) is not None else None,
             weight=torch.from_numpy(np.ascontiguousarray(arrays.weight)).float() if getattr(arrays, "weight", None) is not None else None,
+            row_ids=t(arrays.row_ids) if getattr(arrays, "row_ids", None) is not None else None,
         )
 
     def __len__(self) -> int:

@@ -35,6 +35,7 @@ from torch import nn
 from ..config import ModelConfig
 from .base import ModelSpec, Recommender, xavier_init_
 from .batch import Embedded, SequenceBatch, embed
+from .layers import Dropout
 
 
 def embedded_fields(e: Embedded) -> torch.Tensor:
@@ -76,7 +77,7 @@ class DCN(Recommender):
         for h in cfg.dcn.deep_hidden:
             layers += [nn.Linear(inp, h), nn.ReLU()]
             if cfg.dropout > 0:
-                layers.append(nn.Dropout(cfg.dropout))
+                layers.append(Dropout(cfg.dropout))
             inp = h
         self.deep = nn.Sequential(*layers)
         # With no cross layer the cross output is x0 itself (the combination stays linear in it).

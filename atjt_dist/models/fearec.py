@@ -24,7 +24,9 @@ Regulariser (:meth:`FEARec.extra_loss`): two dropout views z', z'' of every trai
 other 2(N - 1) views of the batch as negatives, plus ``frequency_weight`` x
 mean |rFFT(z') - rFFT(z'')| (the code's frequency-domain regulariser, FFT over the hidden
 dimension). The negatives are the *global* batch: the views are all-gathered (with gradient)
-across ranks, so W processes optimise the same loss as one process with the whole batch.
+across ranks, so W processes optimise the same loss as one process with the whole batch; the
+dropout masks, keyed by each sequence's global row (models/layers.py, Dropout), are also the
+same on any number of processes.
 
 Causality. An FFT over a sequence mixes every position into every other, so running the
 encoder once over a history and reading position t would let t see the future. FEARec (like
@@ -66,6 +68,7 @@ from ..collectives import rank, world_size
 from ..config import ModelConfig
 from .base import ModelSpec, SequentialRecommender
 from .batch import Embedded, SequenceBatch, embed
+from .layers import Dropout, dropout_rows
 from .transformer import (
     FeedForward,
     LearnedPositions,
@@ -110,8 +113,8 @@ class HybridAttention(nn.Module):
         self.band = band
         self.qkv = nn.Linear(hidden, 3 * hidden)  # the code's query, key and value layers, fused
         self.dense = nn.Linear(hidden, hidden)
-        self.attention_dropout = nn.Dropout(attention_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attention_dropout = Dropout(attention_dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
 
     def _band_limited(self, spectrum: torch.Tensor) -> torch.Tensor:
@@ -159,7 +162,7 @@ class FEABlock(nn.Module):
         super().__init__()
         self.attention = HybridAttention(hidden, heads, length, band, alpha, topk, dropout, attention_dropout)
         self.feed_forward = FeedForward(hidden, inner, "gelu")
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -179,7 +182,7 @@ class FEARec(SequentialRecommender):
         L = self.length = spec.history_length
         self.positions = LearnedPositions(L, c.hidden)
         self.input_norm = nn.LayerNorm(c.hidden, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         topk = int(c.topk_factor * math.log(L)) if L > 1 else 1
         self.blocks = nn.ModuleList(
             FEABlock(c.hidden, c.heads, c.inner, L, frequency_band(i, c.blocks, L, c.global_ratio),
@@ -253,7 +256,9 @@ class FEARec(SequentialRecommender):
         e = source[1] if source is not None and source[0] is batch else embed(self.embeddings, batch)
         rows = len(batch) if batch.neg_seq is not None else len(batch) // 2
         items, lengths = self._fit(e.hist[:rows]), batch.lengths[:rows]
-        z1, z2 = self.represent(items, lengths), self.represent(items, lengths)  # two dropout views
+        # two dropout views (two calls of each dropout layer), of the batch's first rows
+        with dropout_rows(None if batch.row_ids is None else batch.row_ids[:rows]):
+            z1, z2 = self.represent(items, lengths), self.represent(items, lengths)
         total = z1.new_zeros(())
         if c.contrastive_weight > 0:
             z1_all, z2_all, offset = gather_views(z1, z2)

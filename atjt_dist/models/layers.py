@@ -1,8 +1,10 @@
-"""Building blocks shared by the models: Dice, MLPs and DIN-style target attention."""
+"""Building blocks shared by the models: Dice, keyed dropout, MLPs and DIN-style target attention."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 from typing import Iterator, Optional
 
 import torch
@@ -110,14 +112,185 @@ class PReLU(nn.Module):
         return F.relu(x) - self.weight * F.relu(-x)
 
 
-class Dropout(nn.Module):
-    """Inverted dropout whose mask costs one random byte per element.
+# ---------------------------------------------------------------------------------------------
+# Keyed dropout
+# ---------------------------------------------------------------------------------------------
 
-    The recogniser drops out every history position's hidden units, and on CPU torch's
-    bernoulli_ (or a uniform draw per element) dominates that layer's cost. Here each 64-bit
-    random word yields eight bytes; a unit is kept when its byte is >= round(256 p), so the drop
-    probability is p rounded to a multiple of 1/256 (exact for 0.5, the recogniser's; stated in
-    ``effective_p``). The kept units are scaled by 1 / (1 - effective_p).
+_MASK64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
+_MIX = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None))  # splitmix64's finaliser
+
+
+def _as_int64(v: int) -> int:
+    """An unsigned 64-bit value as the int64 that has the same bits."""
+    v &= _MASK64
+    return v - (1 << 64) if v >> 63 else v
+
+
+def mix64(z: int) -> int:
+    """splitmix64's finaliser (Steele, Lea, Flood 2014) of a 64-bit value, as an unsigned int:
+    the reference of :func:`mix64_`."""
+    z &= _MASK64
+    for shift, mult in _MIX:
+        z ^= z >> shift
+        if mult is not None:
+            z = (z * mult) & _MASK64
+    return z
+
+
+def mix64_(z: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` of every element of an int64 tensor, in place (same bits, as int64).
+
+    int64 products wrap modulo 2^64 as the unsigned ones do; torch's right shift of int64
+    copies the sign bit, so the bits it shifts in are masked off to make it a logical shift.
+    """
+    t = torch.empty_like(z)
+    for shift, mult in _MIX:
+        torch.bitwise_right_shift(z, shift, out=t)
+        t &= (1 << (64 - shift)) - 1
+        z ^= t
+        if mult is not None:
+            z *= _as_int64(mult)
+    return z
+
+
+def dropout_key(*parts: int) -> int:
+    """One 64-bit key from integers (seed, step, layer id, call): a chain of :func:`mix64`."""
+    h = 0
+    for v in parts:
+        h = mix64((h ^ (v & _MASK64)) + _GAMMA)
+    return h
+
+
+def layer_id(name: str) -> int:
+    """A dropout layer's id from its module path (the same in every process and every run)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
+
+
+class _StepKey:
+    """The key of one training step's masks: (seed, step) and each layer's calls so far."""
+
+    def __init__(self, seed: int, step: int) -> None:
+        self.seed, self.step = seed, step
+        self.calls: dict[int, int] = {}
+
+    def next(self, layer: int) -> int:
+        call = self.calls.get(layer, 0)
+        self.calls[layer] = call + 1
+        return dropout_key(self.seed, self.step, layer, call)
+
+
+class _DropoutState:
+    """What keys the masks of the forward in progress: the step's key (None outside a training
+    step) and the global row ids of the rows the current model call reads (None: unknown)."""
+
+    key: Optional[_StepKey] = None
+    rows: Optional[torch.Tensor] = None
+
+
+_STATE = _DropoutState()
+
+
+@contextlib.contextmanager
+def dropout_step(seed: int, step: int) -> Iterator[None]:
+    """Key every dropout mask drawn inside the block to (``seed``, ``step``); each layer's call
+    counter starts at 0. The trainer wraps each training step's forward in it; the model calls
+    inside must name their rows with :func:`dropout_rows`."""
+    previous = _STATE.key
+    _STATE.key = _StepKey(seed, step)
+    try:
+        yield
+    finally:
+        _STATE.key = previous
+
+
+@contextlib.contextmanager
+def dropout_rows(rows: Optional[torch.Tensor]) -> Iterator[None]:
+    """Inside the block, dropout inputs are rows of a batch whose global row ids are ``rows``
+    (int64 [B], on the inputs' device; ``SequenceBatch.row_ids``): an input's first dimension
+    is B rows, or B row-major groups ([B * k, ...], e.g. [B * heads, L, L]), unless the call
+    passes its rows (packed layouts). ``None``: the rows are not known (local positions)."""
+    previous = _STATE.rows
+    _STATE.rows = rows
+    try:
+        yield
+    finally:
+        _STATE.rows = previous
+
+
+def name_dropout_layers(module: nn.Module) -> None:
+    """Give every :class:`Dropout` inside ``module`` the id of its module path (called once
+    the model tree is built, before it is wrapped: the same ids in every process)."""
+    for name, m in module.named_modules():
+        if isinstance(m, Dropout):
+            m.layer_id = layer_id(name)
+
+
+def keep_mask(shape: torch.Size, device: torch.device, threshold: int, layer: int,
+              rows: Optional[torch.Tensor] = None, slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """bool ``shape``: the units a dropout layer keeps (see :class:`Dropout`).
+
+    The input is seen as [n, m]: n groups (its first dimension's entries, or the current rows
+    when ``rows`` is None), m elements each. Group i belongs to the row whose global id is
+    ``R[rows[i]]`` (R = the current rows; ``rows[i]`` itself without them), at slot ``slots[i]``
+    of it (0 by default). Element j of slot s of a row is byte (s * W + j) mod 8 of splitmix64's
+    output number (s * W + j) div 8 of the row's stream, W = 8 * ceil(m / 8); the stream is
+    seeded by the row's id and the key of (seed, step, layer, call). Eight units per 64-bit
+    hash: the mask costs about as much as one random byte per unit.
+    """
+    state = _STATE
+    if state.key is not None and state.rows is None:
+        raise RuntimeError(
+            "dropout inside a training step (dropout_step) needs the global ids of its rows: run the "
+            "model call inside dropout_rows(batch.row_ids)"
+        )
+    if state.key is not None:
+        key = state.key.next(layer)
+    else:  # outside a training step: a fresh key from torch's generator, as nn.Dropout would draw
+        key = dropout_key(int(torch.randint(0, 1 << 62, ())), layer)
+    if rows is None:
+        n = len(state.rows) if state.rows is not None else shape[0]
+        if n == 0 or shape[0] % n:
+            raise ValueError(f"a dropout input of shape {tuple(shape)} is not row-major groups of {n} rows")
+        ids = state.rows if state.rows is not None else torch.arange(n, device=device)
+    else:
+        n = rows.shape[0]
+        if n != shape[0]:
+            raise ValueError(f"{n} row indices for a dropout input of {shape[0]} entries")
+        ids = state.rows[rows] if state.rows is not None else rows
+    m = math.prod(shape) // n
+    words = -(-m // 8)
+    base = mix64_(ids.to(device=device, dtype=torch.int64) * _as_int64(_GAMMA) + _as_int64(key))
+    if slots is not None:
+        base += slots.to(torch.int64) * _as_int64(words * _GAMMA)
+    counters = torch.arange(1, words + 1, device=device, dtype=torch.int64) * _as_int64(_GAMMA)
+    stream = mix64_(base[:, None] + counters[None, :])  # [n, words]
+    return (stream.view(torch.uint8)[:, :m] >= threshold).reshape(shape)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose masks are a function of (seed, step, layer, call, global row,
+    element), so that a row is dropped out the same way whichever process computes it, in a
+    batch of any size.
+
+    Inside a training step (:func:`dropout_step`, with the rows named by :func:`dropout_rows`)
+    the mask of element e of the row with global id r, at the c-th call in step s of the layer
+    with id ``layer_id`` (its module path: :func:`name_dropout_layers`), is a counter-based hash
+    of those integers (splitmix64, :func:`keep_mask`): it does not depend on the other rows, on
+    the process or on any generator's state, so a run on any number of data-parallel processes
+    draws the masks of the one-process run, and a resumed run those of the uninterrupted one.
+    Outside a training step (unit use, pre-training) each call draws its key from torch's global
+    generator (``torch.manual_seed`` makes it repeatable, as for nn.Dropout) and the rows are
+    the input's local positions. In eval mode it is the identity.
+
+    A unit is kept when its hash byte is >= round(256 p), so the drop probability is p rounded
+    to a multiple of 1/256 (exact for 0.5, the recogniser's; stated in ``effective_p``); the
+    kept units are scaled by 1 / (1 - effective_p).
+
+    ``forward(x, rows=None, slots=None)``: ``x``'s first dimension holds the current rows (or
+    row-major groups of them); for packed layouts, ``rows`` [x.shape[0]] gives the row (an index
+    into the current rows) of each entry and ``slots`` its position in that row, e.g. a packed
+    token's position in its sequence.
     """
 
     def __init__(self, p: float) -> None:
@@ -127,14 +300,17 @@ class Dropout(nn.Module):
         self.p = p
         self.threshold = min(int(round(p * 256)), 255)
         self.effective_p = self.threshold / 256
+        #: this layer's id in the masks' key (name_dropout_layers sets it from the module path)
+        self.layer_id = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
+    def forward(self, x: torch.Tensor, rows: Optional[torch.Tensor] = None, slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.training or self.threshold == 0 or x.numel() == 0:
             return x
-        n = x.numel()
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_()
-        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        keep = keep_mask(x.shape, x.device, self.threshold, self.layer_id, rows, slots)
         return x * keep * (1.0 / (1.0 - self.effective_p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def activation(name: str, width: int) -> nn.Module:

@@ -43,6 +43,7 @@ from torchrec import EmbeddingConfig
 from ..config import Config, ConfigError, ModelConfig
 from .base import ModelSpec, SequentialRecommender
 from .batch import Embedded, SequenceBatch, embedding_tables, make_embedding_collection
+from .layers import Dropout
 from .transformer import LearnedPositions, TransformerEncoder, position_ids
 
 log = logging.getLogger("atjt_dist")
@@ -75,7 +76,7 @@ class S3Rec(SequentialRecommender):
         self.mask_id = spec.num_items + 1
         self.positions = LearnedPositions(spec.history_length, c.hidden)
         self.input_norm = nn.LayerNorm(c.hidden, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.encoder = TransformerEncoder(
             c.hidden, c.blocks, c.heads, dropout=c.dropout, attention_dropout=c.attention_dropout,
             inner=4 * c.hidden, act="gelu", norm="post", causal=True, eps=LAYER_NORM_EPS,

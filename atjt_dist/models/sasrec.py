@@ -35,6 +35,7 @@ from torch import nn
 from ..config import ModelConfig
 from .base import ModelSpec, SequentialRecommender, xavier_init_
 from .batch import Embedded, SequenceBatch
+from .layers import Dropout
 from .transformer import LearnedPositions, TransformerEncoder
 
 
@@ -48,7 +49,7 @@ class SASRec(SequentialRecommender):
         self.align = c.positions
         self.scale = math.sqrt(c.hidden)
         self.positions = LearnedPositions(spec.history_length, c.hidden)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.encoder = TransformerEncoder(c.hidden, c.blocks, c.heads, dropout=c.dropout, act="relu", norm="pre", causal=True)
         xavier_init_(self)
         nn.init.xavier_uniform_(self.positions.weight)

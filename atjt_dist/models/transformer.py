@@ -33,6 +33,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .layers import Dropout
+
 Align = Literal["start", "end"]
 
 
@@ -100,7 +102,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(attention_dropout)
+        self.dropout = Dropout(attention_dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, L, H = x.shape
@@ -125,7 +127,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden, inner)
         self.act = activation(act)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc2 = nn.Linear(inner, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +160,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(hidden, inner, act, dropout)
         self.norm1 = nn.LayerNorm(hidden, eps=eps)
         self.norm2 = nn.LayerNorm(hidden, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         if self.norm == "pre":

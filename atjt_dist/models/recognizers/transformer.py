@@ -19,8 +19,10 @@ corrupted rows), so it is kept cheap (benchmarks/step.md, "recogniser kinds"):
   the padded [B, L + 1] layout, and gathers its output back;
 - the token layout (scatter indices, the additive key mask) is built once per forward, not per
   block, and the mask enters the scores through one ``baddbmm`` with the scaling;
-- dropout is the byte-mask :class:`~atjt_dist.models.layers.Dropout` (torch's bernoulli masks
-  took a quarter of the step), and off by default.
+- dropout is the keyed :class:`~atjt_dist.models.layers.Dropout` (eight mask bytes per 64-bit
+  hash; torch's bernoulli masks took a quarter of the step), and off by default. A packed token
+  is keyed by its row and its position in the row (``TokenLayout.rows_slots``), so its mask
+  depends neither on the other rows' lengths nor on the split across processes.
 
 No user table: a cross-fitted recogniser never trains on the users it weights, so a user id
 tells it nothing. Its EmbeddingCollection has the item and category tables only, and is called
@@ -73,11 +75,25 @@ class TokenLayout:
         cols = torch.arange(B, device=mask.device) * T
         hist = (cols[:, None] + torch.arange(L, device=mask.device)[None, :])[mask]
         self.index = torch.cat([hist, cols + L])  # packed token -> flat padded position
+        self._rows_slots: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         valid = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # [B, T]: the target is always valid
         bias = torch.zeros(B, 1, 1, T, dtype=dtype, device=mask.device).masked_fill(~valid[:, None, None, :], float("-inf"))
         self.key_bias = bias.expand(B, heads, 1, T).reshape(B * heads, 1, T)
 
-    def attend(self, qkv: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
+    def rows_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row [N], position in the row [N]) of each packed token: what keys its dropout mask
+        (the target token at position L); built on first use."""
+        if self._rows_slots is None:
+            self._rows_slots = (torch.div(self.index, self.width, rounding_mode="floor"), self.index % self.width)
+        return self._rows_slots
+
+    def dropout(self, dropout: Dropout, x: torch.Tensor) -> torch.Tensor:
+        """``dropout`` on packed tokens ``x`` [N, ...], each keyed by its row and position."""
+        if not dropout.training or dropout.threshold == 0:
+            return x
+        return dropout(x, *self.rows_slots())
+
+    def attend(self, qkv: torch.Tensor, dropout: Dropout) -> torch.Tensor:
         """Bidirectional multi-head attention over valid keys: packed q, k, v [N, 3H] -> packed
         context [N, H] (before the output projection); ``dropout`` on the probabilities."""
         B, T, heads = self.rows, self.width, self.heads
@@ -86,6 +102,7 @@ class TokenLayout:
         padded = qkv.new_zeros(B * T, 3 * H).index_copy(0, self.index, qkv)
         q, k, v = (t.transpose(1, 2).reshape(B * heads, T, E) for t in padded.view(B, T, 3, heads, E).unbind(2))
         scores = torch.baddbmm(self.key_bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(E))
+        # the probabilities [B * heads, T, T] are B rows of heads groups: keyed row by row
         ctx = torch.bmm(dropout(torch.softmax(scores, dim=-1)), v)  # [B * heads, T, E]
         return ctx.view(B, heads, T, E).transpose(1, 2).reshape(B * T, H).index_select(0, self.index)
 
@@ -105,8 +122,9 @@ class PackedBlock(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        x = x + self.dropout(self.out(layout.attend(self.qkv(self.norm1(x)), self.dropout)))
-        return x + self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(self.norm2(x))))))
+        drop = self.dropout
+        x = x + layout.dropout(drop, self.out(layout.attend(self.qkv(self.norm1(x)), drop)))
+        return x + layout.dropout(drop, self.fc2(layout.dropout(drop, F.gelu(self.fc1(self.norm2(x))))))
 
 
 class ItemLevelRecognizer(Recognizer):
@@ -151,8 +169,9 @@ class ItemLevelRecognizer(Recognizer):
         """(sequence logits [B], item logits [B, L]); item logits are MAX_LOGIT at padding.
         ``frozen_user_rows`` does nothing: there is no user table."""
         mask = batch.mask
-        x = self.dropout(self.tokens(batch))
-        layout = TokenLayout(mask, self.heads, x.dtype)
+        tokens = self.tokens(batch)
+        layout = TokenLayout(mask, self.heads, tokens.dtype)
+        x = layout.dropout(self.dropout, tokens)
         for block in self.blocks:
             x = block(x, layout)
         n_hist = x.shape[0] - len(batch)  # the history tokens come first; the head reads only those
