@@ -230,6 +230,7 @@ class JointModel(nn.Module):
         self.isolate_weighted_users = cfg.atjt.isolate_weighted_users and cfg.atjt.variant != "no_aux"
         # Dropout masks are keyed by each layer's path in this tree (the same in every process).
         name_dropout_layers(self)
+        self.weight_dropout = cfg.atjt.weight_dropout
 
     def idle_dense_parameters(self, phase: int, stage: str) -> list[nn.Parameter]:
         """Dense parameters that this step's forward leaves without a gradient: the other
@@ -279,27 +280,35 @@ class JointModel(nn.Module):
                 self._aux_outputs(out, *g.forward_items(aux))
             return out
         # The weight of a sequence comes from its clean positive: the first half of pointwise
-        # rows, every row of a next-item batch. The recogniser runs in the module's mode: in
-        # training, with its dropout on, for the weights as for L_D.
+        # rows, every row of a next-item batch. The recogniser runs in the module's mode (in
+        # training: batch statistics); its dropout drops units of the weights' rows too unless
+        # atjt.weight_dropout is off.
         positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
+        n = len(positives)
         if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
-            with torch.no_grad(), dropout_rows(positives.row_ids):
+            with torch.no_grad(), dropout_rows(positives.row_ids, self._weight_rows_exempt(n, n, positives.hist.device)):
                 out["weight_logits"] = g(positives)
             return out
-        frozen = len(positives) if self.isolate_weighted_users else 0
+        frozen = n if self.isolate_weighted_users else 0
         if aux is None:
-            with dropout_rows(positives.row_ids):
+            with dropout_rows(positives.row_ids, self._weight_rows_exempt(n, n, positives.hist.device)):
                 out["weight_logits"] = g.forward_items(positives, frozen_user_rows=frozen)[0]
             return out
         if aux.replaced is not None:  # the positives are clean: nothing of theirs was replaced
             positives = replace(positives, replaced=torch.zeros_like(positives.hist, dtype=torch.bool))
         both = SequenceBatch.concat([positives, aux])
-        with dropout_rows(both.row_ids):
+        with dropout_rows(both.row_ids, self._weight_rows_exempt(n, len(both), positives.hist.device)):
             seq, items = g.forward_items(both, frozen_user_rows=frozen)
-        n = len(positives)
         out["weight_logits"] = seq[:n]
         self._aux_outputs(out, seq[n:], None if items is None else items[n:])
         return out
+
+    def _weight_rows_exempt(self, n: int, total: int, device: torch.device) -> Optional[torch.Tensor]:
+        """bool [total]: the first n rows (the weights' rows) exempt from the recogniser's
+        dropout when atjt.weight_dropout is off; None (no exemption) when it is on."""
+        if self.weight_dropout:
+            return None
+        return torch.arange(total, device=device) < n
 
     @staticmethod
     def _aux_outputs(out: dict, seq_logits: torch.Tensor, item_logits: Optional[torch.Tensor]) -> None:

@@ -507,6 +507,13 @@ class ATJTConfig:
     num_parts: int = knob(2, "N: the training users are split into N parts and trained in N phases.")
     aux_weight: float = knob(100.0, "lambda: weight of the recogniser loss L_D in L_R + lambda*L_D.")
     detach: bool = knob(False, "Detach the weights w from the recommender loss.")
+    weight_dropout: bool = knob(
+        True,
+        "The recogniser's dropout also drops units of the rows whose P(clean) weights the "
+        "recommender's loss (the recogniser is in training mode for its weights as for L_D); "
+        "false = those rows pass its dropout layers unchanged, as in eval mode, in the same "
+        "pass (batch statistics unchanged). Compared in docs/results.md.",
+    )
     isolate_weighted_users: bool = knob(
         True,
         "Keep L_R away from the recogniser's user-embedding rows of the users it weights: their "

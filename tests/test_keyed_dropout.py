@@ -199,3 +199,30 @@ def test_cuda_draws_the_cpu_masks():
     with dropout_step(3, 5), dropout_rows(rows.cuda()):
         cuda = keep_mask(torch.Size((64, 19, 32)), torch.device("cuda"), 128, 11)
     assert torch.equal(cuda.cpu(), cpu)
+
+
+def test_exempt_rows_pass_every_layout_unchanged_and_the_others_are_dropped_as_before():
+    """atjt.weight_dropout=false: the weights' rows pass the recogniser's dropout unchanged (as
+    in eval mode) in the same pass as L_D's rows, whose masks stay what they were."""
+    layer = Dropout(0.5).train()
+    layer.layer_id = 9
+    B, heads, T, H = 8, 2, 5, 16
+    rows = torch.arange(200, 200 + B)
+    exempt = torch.arange(B) < 3
+    x = torch.randn(B * heads, T, H) + 3.0  # no zeros: a dropped unit shows as 0
+    with dropout_step(1, 2), dropout_rows(rows):
+        plain = layer(x)
+    with dropout_step(1, 2), dropout_rows(rows, exempt):
+        mixed = layer(x)
+    by_row = mixed.view(B, heads, T, H)
+    assert torch.equal(by_row[:3], x.view(B, heads, T, H)[:3])
+    assert torch.equal(by_row[3:], plain.view(B, heads, T, H)[3:])
+    assert (by_row[3:] == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    # packed entries name their rows: an entry of an exempt row passes unchanged
+    entry_rows = torch.tensor([0, 0, 1, 4, 4, 7, 2])
+    tokens = torch.randn(len(entry_rows), H) + 3.0
+    with dropout_step(1, 2), dropout_rows(rows, exempt):
+        out = layer(tokens, rows=entry_rows, slots=torch.zeros_like(entry_rows))
+    kept = exempt[entry_rows]
+    assert torch.equal(out[kept], tokens[kept])
+    assert (out[~kept] == 0).any()

@@ -186,6 +186,8 @@ class _DropoutState:
 
     key: Optional[_StepKey] = None
     rows: Optional[torch.Tensor] = None
+    #: bool [B] aligned with ``rows``: rows that pass through every dropout layer unchanged
+    exempt: Optional[torch.Tensor] = None
 
 
 _STATE = _DropoutState()
@@ -205,17 +207,19 @@ def dropout_step(seed: int, step: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def dropout_rows(rows: Optional[torch.Tensor]) -> Iterator[None]:
+def dropout_rows(rows: Optional[torch.Tensor], exempt: Optional[torch.Tensor] = None) -> Iterator[None]:
     """Inside the block, dropout inputs are rows of a batch whose global row ids are ``rows``
     (int64 [B], on the inputs' device; ``SequenceBatch.row_ids``): an input's first dimension
     is B rows, or B row-major groups ([B * k, ...], e.g. [B * heads, L, L]), unless the call
-    passes its rows (packed layouts). ``None``: the rows are not known (local positions)."""
-    previous = _STATE.rows
-    _STATE.rows = rows
+    passes its rows (packed layouts). ``None``: the rows are not known (local positions).
+    ``exempt`` (bool [B], optional): rows that no dropout layer drops out, as in eval mode
+    (the ATJT weights' rows with ``atjt.weight_dropout=false``), while the others are."""
+    previous = _STATE.rows, _STATE.exempt
+    _STATE.rows, _STATE.exempt = rows, exempt
     try:
         yield
     finally:
-        _STATE.rows = previous
+        _STATE.rows, _STATE.exempt = previous
 
 
 def name_dropout_layers(module: nn.Module) -> None:
@@ -307,7 +311,15 @@ class Dropout(nn.Module):
         if not self.training or self.threshold == 0 or x.numel() == 0:
             return x
         keep = keep_mask(x.shape, x.device, self.threshold, self.layer_id, rows, slots)
-        return x * keep * (1.0 / (1.0 - self.effective_p))
+        out = x * keep * (1.0 / (1.0 - self.effective_p))
+        exempt = _STATE.exempt
+        if exempt is None:
+            return out
+        # Exempt rows pass unchanged: broadcast their flags over the input as keep_mask lays
+        # it out (row-major groups of the current rows, or the given rows of packed entries).
+        flags = exempt if rows is None else exempt[rows]
+        n = flags.shape[0]
+        return torch.where(flags[:, None], x.reshape(n, -1), out.reshape(n, -1)).reshape(x.shape)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
