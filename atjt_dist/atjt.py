@@ -145,6 +145,27 @@ class Schedule:
                         yield StepPlan(step, ph.index, stage, epoch, b, epoch * ph.rec_batches + b, rg)
                         step += 1
 
+    def recommender_steps(self, limit: Optional[int] = None) -> int:
+        """How many of the run's first ``limit`` steps (all by default) train the recommender:
+        every step but the recogniser-only ones (warm-up, two-stage's first stage)."""
+        count = step = 0
+        for ph in self.phases:
+            for stage in self.stages():
+                step += self._warmup_steps(stage)
+                n = ph.rec_batches * self.epochs
+                if stage != RECOGNIZER_ONLY:
+                    count += n if limit is None else max(0, min(n, limit - step))
+                step += n
+        return count
+
+    def recommender_step(self, plan: StepPlan) -> int:
+        """The index of ``plan`` among the steps that train the recommender (for a step that
+        does not, the index of the next one that does)."""
+        # Recogniser-only steps (a warm-up, two-stage's first stage) precede their phase's
+        # recommender steps.
+        done = 0 if plan.stage == RECOGNIZER_ONLY else plan.phase_batch
+        return sum(ph.rec_batches * self.epochs for ph in self.phases[: plan.phase]) + done
+
     def total_steps(self) -> int:
         per_phase = [sum(ph.rec_batches * self.epochs + self._warmup_steps(stage) for stage in self.stages()) for ph in self.phases]
         return sum(per_phase)

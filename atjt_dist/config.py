@@ -593,6 +593,15 @@ class TrainConfig:
         "Adagrad learning rate of the recommender (the paper's 8.15e-4, configs/paper.yaml, does "
         "not get past the popularity ranker in a few thousand steps; docs/results.md).",
     )
+    lr_decay: Literal["none", "linear", "cosine"] = knob(
+        "linear",
+        "Schedule of the recommender's learning rate over the steps that train it: 'none' keeps "
+        "train.lr (the paper); 'linear' and 'cosine' hold it for the first lr_decay_start share "
+        "of those steps, then decay it to 0 at the last one (train.max_steps included). The "
+        "recognisers keep atjt.recognizer_lrs. Linear decay cut the seed-to-seed sd of DIN's "
+        "validation AUC on ml-100k from 0.015 to 0.005 at the same mean (docs/results.md).",
+    )
+    lr_decay_start: float = knob(0.0, "Share of the recommender's steps, in [0, 1), at train.lr before train.lr_decay starts.")
     weight_decay: float = knob(5e-4, "L2 weight decay of every optimiser.")
     log_every: int = knob(50, "Log a line (rank 0) and a JSONL record every this many steps (S3Rec pre-training: a line).")
     progress_bar: bool = knob(True, "Show a progress bar on rank 0 (also off when not a TTY).")
@@ -989,6 +998,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'atjt.noise_fraction' must be in (0, 1), got {cfg.atjt.noise_fraction}")
     if not cfg.atjt.recognizer_lrs:
         raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
+    if not 0.0 <= cfg.train.lr_decay_start < 1.0:
+        raise ConfigError(f"config key 'train.lr_decay_start' must be in [0, 1), got {cfg.train.lr_decay_start}")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise ConfigError(f"config key 'train.max_steps' must be >= 1 or null, got {cfg.train.max_steps}")
     if cfg.checkpoint.every < 0:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from typing import Any, Callable, Optional
@@ -104,14 +105,53 @@ def dense_parameters(sharded: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in in_backward_optimizer_filter(sharded.named_parameters()) if p.requires_grad]
 
 
+def is_recommender_parameter(name: str) -> bool:
+    """Whether a parameter (or fused optimiser key) belongs to the recommender, not a recogniser."""
+    return _RECOGNIZER.search(name) is None
+
+
 def _adagrad(named: list[tuple[str, nn.Parameter]], cfg: Config, weight_decay: float, cls: type = torch.optim.Adagrad) -> Optional[torch.optim.Optimizer]:
-    """One Adagrad with a parameter group per learning rate (None without parameters)."""
-    groups: dict[float, list[nn.Parameter]] = {}
+    """One Adagrad with a parameter group per (model, learning rate) (None without parameters);
+    each group says whether it is the recommender's (``group["recommender"]``: train.lr_decay
+    scales those)."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in named:
-        groups.setdefault(learning_rate(cfg, name), []).append(param)
+        groups.setdefault((is_recommender_parameter(name), learning_rate(cfg, name)), []).append(param)
     if not groups:
         return None
-    return cls([{"params": ps, "lr": lr} for lr, ps in groups.items()], lr=cfg.train.lr, eps=ADAGRAD_EPS, weight_decay=weight_decay)
+    return cls(
+        [{"params": ps, "lr": lr, "recommender": rec} for (rec, lr), ps in groups.items()],
+        lr=cfg.train.lr, eps=ADAGRAD_EPS, weight_decay=weight_decay,
+    )
+
+
+def lr_decay_factor(cfg: Config, index: int, total: int) -> float:
+    """train.lr's multiplier at the recommender's step ``index`` (0-based) of ``total``:
+    1 before train.lr_decay_start, then falling linearly (or along a half cosine) to
+    1 / (decayed steps) at the last step, i.e. to 0 just after it (train.lr_decay)."""
+    t = cfg.train
+    if t.lr_decay == "none" or total <= 0:
+        return 1.0
+    start = int(t.lr_decay_start * total)
+    if index < start:
+        return 1.0
+    remaining = min(1.0, max(0.0, (total - index) / (total - start)))
+    if t.lr_decay == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * remaining))
+    return remaining
+
+
+def set_recommender_lr(sharded: nn.Module, dense: "DenseBackend", lr: float) -> None:
+    """Set the recommender's learning rate, in its fused table optimisers (applied by their
+    next backward) and its groups of the dense optimisers; the recognisers' stay as they are."""
+    for key, optimizer in sharded.fused_optimizer.optimizers:
+        if is_recommender_parameter(key):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()  # a fused optimiser's step only hands its lr to the kernel
+    for group in dense.lr_groups():
+        if group.get("recommender"):
+            group["lr"] = lr
 
 
 class LazyAdagrad(torch.optim.Optimizer):
@@ -182,6 +222,10 @@ class DenseBackend:
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - optimiser-like signature
         raise NotImplementedError
 
+    def lr_groups(self) -> list[dict]:
+        """Every parameter group of the dense optimisers (their "lr" may be changed)."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         raise NotImplementedError
 
@@ -219,6 +263,9 @@ class TorchAdagrad(DenseBackend):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def lr_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
@@ -340,6 +387,11 @@ class DeepSpeedAdagrad(DenseBackend):
         self.engine.zero_grad()
         if self.table_optimizer is not None:
             self.table_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def lr_groups(self) -> list[dict]:
+        # ZeRO's optimiser keeps the client's groups (their params replaced by its partitions).
+        tables = self.table_optimizer.param_groups if self.table_optimizer is not None else []
+        return [*self.optimizer.param_groups, *tables]
 
     def state_dict(self) -> dict:
         """This rank's state: ZeRO partitions the optimiser state, so it loads on the same

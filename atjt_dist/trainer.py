@@ -38,7 +38,7 @@ from .prefetch import prefetch_plans, step_batches
 from .models import ModelSpec, SequentialRecommender
 from .models.batch import SequenceBatch
 from .models.layers import dice_layers, dropout_rows, dropout_step, population_statistics
-from .optim import build_optimizers, learning_rate
+from .optim import build_optimizers, learning_rate, lr_decay_factor, set_recommender_lr
 from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, progress_bar, record_user_weights, setup_logging, write_json
 
 log = logging.getLogger("atjt_dist")
@@ -183,6 +183,13 @@ class Trainer:
         total = self.schedule.total_steps()
         return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
 
+    def recommender_lr(self, plan: StepPlan) -> float:
+        """The recommender's learning rate at ``plan`` (train.lr under train.lr_decay, over the
+        steps that train it up to train.max_steps): a function of the step alone, so a resumed
+        run continues the uninterrupted run's schedule."""
+        total = self.schedule.recommender_steps(self.total_steps())
+        return self.cfg.train.lr * lr_decay_factor(self.cfg, self.schedule.recommender_step(plan), total)
+
     def _batches(self, plan: StepPlan, device: Optional[torch.device] = None) -> tuple[Optional[SequenceBatch], Optional[SequenceBatch]]:
         dev = self.ctx.device if device is None else device
         rec = None if plan.stage == RECOGNIZER_ONLY else SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(dev)
@@ -194,6 +201,8 @@ class Trainer:
         """One optimisation step of the plan's batches (built here unless prefetched onto the
         device, dist.pipeline); returns losses and outputs (on device)."""
         rec, aux = batches if batches is not None else self._batches(plan)
+        if rec is not None:  # a step that trains the recommender: its lr for this step
+            set_recommender_lr(self.model, self.dense_optimizer, self.recommender_lr(plan))
         # Dropout masks are keyed by (seed, step, layer, call, global row, element): the same
         # on any number of processes, and on resume (models/layers.py, Dropout).
         with dropout_step(self.cfg.seed, plan.step):
@@ -253,17 +262,17 @@ class Trainer:
             self.metrics_log.write("weight_hist", **where, **histograms)
         hist.reset()
 
-    def _learning_rates(self, phase: int) -> dict:
-        """The recommender's and the phase's recogniser's learning rates (for the log)."""
-        lrs = {"lr": self.cfg.train.lr}
+    def _learning_rates(self, plan: StepPlan) -> dict:
+        """The recommender's learning rate at ``plan`` and the phase's recogniser's (for the log)."""
+        lrs = {"lr": self.recommender_lr(plan)}
         if self.schedule.uses_recognizer:
-            lrs["lr_recognizer"] = learning_rate(self.cfg, f"recognizers.{phase}.")
+            lrs["lr_recognizer"] = learning_rate(self.cfg, f"recognizers.{plan.phase}.")
         return lrs
 
     def _log_window(self, plan: StepPlan, stats: _WindowStats, bar) -> None:
         self._check_finite()
         record = stats.summary()
-        self.metrics_log.write("train", step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch, **record, **self._learning_rates(plan.phase))
+        self.metrics_log.write("train", step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch, **record, **self._learning_rates(plan))
         if self.ctx.is_main:
             parts = [f"step {self.step}/{self.total_steps()}", f"phase {plan.phase}", f"loss {record['loss']:.4f}"]
             for key, label in (("loss_rec", "L_R"), ("loss_aux", "L_D"), ("w_clean", "w_clean"), ("w_noisy", "w_noisy"), ("recognizer_auc", "rg_auc")):
