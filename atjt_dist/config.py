@@ -815,6 +815,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise bad
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; so do our flags
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
@@ -998,6 +1003,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'atjt.noise_fraction' must be in (0, 1), got {cfg.atjt.noise_fraction}")
     if not cfg.atjt.recognizer_lrs:
         raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
+    if cfg.train.lr <= 0 or any(lr < 0 for lr in cfg.atjt.recognizer_lrs):
+        raise ConfigError(
+            f"config keys 'train.lr' must be > 0 and 'atjt.recognizer_lrs' >= 0, got {cfg.train.lr} and {cfg.atjt.recognizer_lrs}"
+        )
+    if cfg.train.weight_decay < 0:
+        raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {cfg.train.weight_decay}")
     if not 0.0 <= cfg.train.lr_decay_start < 1.0:
         raise ConfigError(f"config key 'train.lr_decay_start' must be in [0, 1), got {cfg.train.lr_decay_start}")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:

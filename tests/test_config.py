@@ -44,6 +44,14 @@ def test_flag_forms_and_lists():
     assert cfg.run_dir == "x"
 
 
+def test_exponent_notation_is_a_number_in_flags_and_yaml(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string: float fields take it as the number it is."""
+    assert build_config(["--train.lr=1e-3"]).train.lr == 0.001
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\natjt:\n  recognizer_lrs: [2e-2, 1e-1]\n")
+    cfg = build_config(["--config", str(tmp_path / "c.yaml")])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.atjt.recognizer_lrs) == (0.001, 0.0005, [0.02, 0.1])
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -56,6 +64,11 @@ def test_flag_forms_and_lists():
         (["--atjt.noise_fraction=1.5"], ["atjt.noise_fraction"]),
         (["--dist.sharding=diagonal"], ["dist.sharding", "row_wise"]),
         (["--train.lr=.nan"], ["train.lr", "finite"]),
+        (["--train.lr=fast"], ["train.lr", "expected float", "'fast'"]),
+        (["--train.lr=-1"], ["train.lr", "> 0"]),
+        (["--train.lr=0"], ["train.lr", "> 0"]),
+        (["--train.weight_decay=-0.1"], ["train.weight_decay", ">= 0"]),
+        (["--train.lr_decay=step"], ["train.lr_decay", "'linear'"]),
     ],
 )
 def test_bad_keys_and_values_name_the_key(argv, words):
