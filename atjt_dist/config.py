@@ -1003,9 +1003,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'atjt.noise_fraction' must be in (0, 1), got {cfg.atjt.noise_fraction}")
     if not cfg.atjt.recognizer_lrs:
         raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
-    if cfg.train.lr <= 0 or any(lr < 0 for lr in cfg.atjt.recognizer_lrs):
+    if cfg.train.lr < 0 or any(lr < 0 for lr in cfg.atjt.recognizer_lrs):  # 0 = frozen (a probe)
         raise ConfigError(
-            f"config keys 'train.lr' must be > 0 and 'atjt.recognizer_lrs' >= 0, got {cfg.train.lr} and {cfg.atjt.recognizer_lrs}"
+            f"config keys 'train.lr' and 'atjt.recognizer_lrs' must be >= 0, got {cfg.train.lr} and {cfg.atjt.recognizer_lrs}"
         )
     if cfg.train.weight_decay < 0:
         raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {cfg.train.weight_decay}")
