@@ -625,11 +625,12 @@ class EvalConfig:
 class LogConfig:
     """What a run records besides metrics.jsonl (atjt_dist.runlog; plotted by atjt_dist.report)."""
 
-    tensorboard: bool = knob(
-        True,
+    tensorboard: Optional[bool] = knob(
+        None,
         "Also write the records as TensorBoard event files in the run directory (rank 0; needs "
-        "the viz extra: pip install 'atjt-dist[viz]'). Without TensorBoard installed: a warning, "
-        "and metrics.jsonl only.",
+        "the viz extra: pip install 'atjt-dist[viz]'). null (default) = when TensorBoard is "
+        "installed; true = always, with a warning (and metrics.jsonl only) where it is not; "
+        "false = never.",
     )
     weight_hist_bins: int = knob(
         20,

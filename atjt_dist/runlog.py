@@ -140,6 +140,11 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
+def use_tensorboard(setting: Optional[bool]) -> bool:
+    """log.tensorboard resolved: null = whether TensorBoard is installed, else the setting."""
+    return tensorboard_available() if setting is None else setting
+
+
 _warned_no_tensorboard = False
 
 

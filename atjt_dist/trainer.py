@@ -39,7 +39,7 @@ from .models import ModelSpec, SequentialRecommender
 from .models.batch import SequenceBatch
 from .models.layers import dice_layers, dropout_rows, dropout_step, population_statistics
 from .optim import build_optimizers, learning_rate, lr_decay_factor, set_recommender_lr
-from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, progress_bar, record_user_weights, setup_logging, write_json
+from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, progress_bar, record_user_weights, setup_logging, use_tensorboard, write_json
 
 log = logging.getLogger("atjt_dist")
 
@@ -124,7 +124,7 @@ class Trainer:
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_yaml(cfg, self.run_dir / "config.yaml")
-        self.metrics_log = MetricsWriter(self.run_dir, enabled=self.ctx.is_main, tensorboard=cfg.log.tensorboard)
+        self.metrics_log = MetricsWriter(self.run_dir, enabled=self.ctx.is_main, tensorboard=use_tensorboard(cfg.log.tensorboard))
         if cfg.train.batch_size % self.ctx.world or cfg.atjt.recognizer_batch_size % self.ctx.world:
             raise ConfigError(
                 f"config keys 'train.batch_size' ({cfg.train.batch_size}) and 'atjt.recognizer_batch_size' "

@@ -144,7 +144,9 @@ def test_jsonl_records_phase_ends_and_weight_histograms(runs):
 
     train = _records(runs.atjt, "train")
     lrs = [0.023, 0.025]  # PAPER_SCHEDULE's
-    assert all(r["lr"] == 8.15e-4 and r["lr_recognizer"] == lrs[min(r["phase"], len(lrs) - 1)] for r in train)
+    # the recommender's lr decays (train.lr_decay), the recognisers' stays
+    assert all(0 < r["lr"] <= 8.15e-4 and r["lr_recognizer"] == lrs[min(r["phase"], len(lrs) - 1)] for r in train)
+    assert [r["lr"] for r in train] == sorted((r["lr"] for r in train), reverse=True)
     assert {r["stage"] for r in train} == {"joint"} and {r["phase"] for r in train} == {0, 1}
 
 
@@ -296,6 +298,13 @@ def test_weight_histograms_count_the_last_epoch_by_label():
     h2 = WeightHistograms(bins, epochs=1, device=torch.device("cpu"))
     h2.observe(0, {"aux_logits": torch.zeros(4), "weight_logits": torch.zeros(2)}, SimpleNamespace(user=torch.zeros(4, dtype=torch.long)), SimpleNamespace(label=torch.ones(4)))
     assert set(h2.summary()) == {"corrupted"} and h2.summary()["corrupted"]["clean"].counts[5] == 4
+
+
+def test_tensorboard_is_on_by_default_only_where_it_is_installed(monkeypatch):
+    for installed in (True, False):
+        monkeypatch.setattr(runlog, "tensorboard_available", lambda: installed)
+        assert runlog.use_tensorboard(None) is installed
+        assert runlog.use_tensorboard(True) is True and runlog.use_tensorboard(False) is False
 
 
 def test_metrics_writer_without_tensorboard_warns_once(tmp_path, monkeypatch):
