@@ -22,11 +22,11 @@ def _cfg(*flags: str):
 
 
 def test_the_decay_factor_holds_then_falls_to_zero_after_the_last_step():
-    linear = _cfg("--train.lr_decay=linear")
+    linear = _cfg("--train.lr_decay=linear", "--train.lr_decay_start=0")
     assert [lr_decay_factor(linear, k, 4) for k in range(4)] == [1.0, 0.75, 0.5, 0.25]
     held = _cfg("--train.lr_decay=linear", "--train.lr_decay_start=0.5")
     assert [lr_decay_factor(held, k, 4) for k in range(4)] == [1.0, 1.0, 1.0, 0.5]
-    cosine = _cfg("--train.lr_decay=cosine")
+    cosine = _cfg("--train.lr_decay=cosine", "--train.lr_decay_start=0")
     assert lr_decay_factor(cosine, 0, 10) == pytest.approx(1.0)
     assert lr_decay_factor(cosine, 5, 10) == pytest.approx(0.5)
     assert lr_decay_factor(cosine, 9, 10) == pytest.approx(0.5 * (1 - math.cos(math.pi * 0.1)))
@@ -107,4 +107,6 @@ def test_the_logged_learning_rate_follows_the_schedule(tiny_dataset, tmp_path):
     lrs = [r["lr"] for r in records if r.get("kind", r.get("type")) == "train"]
     total = len(lrs)
     assert total > 4
-    assert lrs == pytest.approx([0.05 * (total - k) / total for k in range(total)])
+    start = total // 2  # the default: held for the first half, then linear to 0
+    assert lrs == pytest.approx([0.05 * min(1.0, (total - k) / (total - start)) for k in range(total)])
+    assert lrs[start] == 0.05 and lrs[-1] < lrs[start + 1] < 0.05
