@@ -414,7 +414,9 @@ class S3RecConfig:
 class ModelConfig:
     """The base recommender."""
 
-    name: str = knob("din", "Base model: one of the names in atjt_dist.models.REGISTRY.")
+    name: Literal["din", "dcn", "wide_deep", "sasrec", "fearec", "s3rec"] = knob(
+        "din", "Base model (atjt_dist.models.REGISTRY maps each name to its class)."
+    )
     embedding_dim: int = knob(8, "Embedding dimension of the user, item and category tables.")
     dropout: float = knob(
         0.0,

@@ -65,6 +65,7 @@ def test_exponent_notation_is_a_number_in_flags_and_yaml(tmp_path):
         (["--dist.sharding=diagonal"], ["dist.sharding", "row_wise"]),
         (["--train.lr=.nan"], ["train.lr", "finite"]),
         (["--train.lr=fast"], ["train.lr", "expected float", "'fast'"]),
+        (["--model.name=nope"], ["model.name", "'din'", "'s3rec'", "'nope'"]),
         (["--train.lr=-1"], ["train.lr", ">= 0"]),
         (["--atjt.recognizer_lrs=0.1,-0.1"], ["atjt.recognizer_lrs", ">= 0"]),
         (["--train.weight_decay=-0.1"], ["train.weight_decay", ">= 0"]),
@@ -153,3 +154,12 @@ def test_include_merges_and_the_file_wins(tmp_path):
     (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         build_config(["--config", str(tmp_path / "loop.yaml")])
+
+
+def test_the_model_names_are_the_registry():
+    import typing
+
+    from atjt_dist.config import ModelConfig
+    from atjt_dist.models import REGISTRY
+
+    assert set(typing.get_args(typing.get_type_hints(ModelConfig)["name"])) == set(REGISTRY)
