@@ -82,7 +82,7 @@ def align_cpu_threads() -> int:
     torch's) thread count to the number of cores: every rank would then run as many threads
     as there are cores, oversubscribing the machine (about 5x slower steps measured on 2 ranks
     of a 2-core machine). So the pool is started here, then both counts are set to torch's.
-    numba's setting is per calling thread (the CUDA prefetch thread keeps numba's default).
+    numba's setting is per calling thread: the prefetch thread copies it (prefetch.DevicePrefetcher).
     """
     threads = torch.get_num_threads()
     numba.get_num_threads()  # starts numba's pool (and, with OpenMP, resets OpenMP's count)

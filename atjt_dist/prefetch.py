@@ -28,6 +28,7 @@ import queue
 import threading
 from typing import Callable, Iterable, Iterator
 
+import numba
 import torch
 
 _DONE = object()
@@ -57,6 +58,10 @@ class DevicePrefetcher:
 
     def __init__(self, plans: Iterable, build: Callable, device: torch.device, depth: int = 2) -> None:
         self.device = device
+        # numba's thread count is per calling thread: the worker takes the one the process set
+        # (distributed.align_cpu_threads), not numba's default of one per core, which would
+        # oversubscribe the cores under torchrun.
+        self.numba_threads = numba.get_num_threads()
         self.build = build
         # On CPU (tests) only the thread runs: no pinning, no streams.
         self.stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
@@ -76,6 +81,7 @@ class DevicePrefetcher:
 
     def _work(self, plans: Iterator) -> None:
         try:
+            numba.set_num_threads(self.numba_threads)
             if self.stream is not None:
                 torch.cuda.set_device(self.device)
             for plan in plans:

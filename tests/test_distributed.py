@@ -454,3 +454,21 @@ def test_numba_samplers_do_not_raise_torchs_thread_count():
     torch_threads, numba_threads, pool = map(int, out.stdout.split())
     assert pool == 2  # the pool has 2 threads, and neither library uses more than torchrun asked for
     assert (torch_threads, numba_threads) == (1, 1)
+
+
+def test_the_prefetch_thread_runs_numba_with_the_process_thread_count():
+    """numba's thread count is per thread: the worker takes the caller's (align_cpu_threads),
+    not numba's default of one per core (which oversubscribes the cores under torchrun)."""
+    import numba
+
+    from atjt_dist.prefetch import DevicePrefetcher
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs numba to allow 2 or more threads (a machine with 2+ cores)")
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        seen = [counts for _, counts in DevicePrefetcher(range(3), lambda i: (numba.get_num_threads(),), torch.device("cpu"))]
+    finally:
+        numba.set_num_threads(before)
+    assert seen == [(1,)] * 3  # a fresh thread would report NUMBA_NUM_THREADS
