@@ -580,6 +580,17 @@ class ObjectiveConfig:
         "iterations; set it to a fraction of a shorter run's steps).",
     )
     tce_exponent: float = knob(1.0, "T-CE: shape of the ramp, eps(t) = eps_max * min(t/T, 1)^exponent (1 = linear).")
+    loss_backend: Literal["auto", "torch", "triton"] = knob(
+        "auto",
+        "Implementation of the weighted BCE (atjt_kernels.weighted_bce): 'auto' = the fused Triton "
+        "kernel on CUDA for at least loss_triton_min_rows rows, torch's formula otherwise; "
+        "'torch' or 'triton' always (Triton on CPU needs TRITON_INTERPRET=1).",
+    )
+    loss_triton_min_rows: int = knob(
+        1 << 20,
+        "'auto': rows from which the Triton kernel is used (not yet measured on a GPU: far above a "
+        "step's 10^3-10^4 rows, so 'auto' is torch's formula at the trainer's sizes).",
+    )
     rce_beta: float = knob(0.25, "R-CE: positives weighted sigmoid(x)^beta, negatives (1-sigmoid(x))^beta (Wang et al.: 0.05..1, 0.25).")
 
 
@@ -994,6 +1005,7 @@ def validate(cfg: Config) -> None:
         "eval.k": cfg.eval.k,
         "eval.batch_users": cfg.eval.batch_users,
         "log.weight_hist_bins": cfg.log.weight_hist_bins,
+        "objective.loss_triton_min_rows": cfg.objective.loss_triton_min_rows,
     }
     for key, value in positive.items():
         if value < 1:

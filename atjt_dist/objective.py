@@ -169,7 +169,10 @@ def compute_losses(
             rate = tce_drop_rate(cfg, step)
             mask = tce_keep_mask(logits, labels, rate)
             stats["dropped"] = (~mask).sum().float()
-        rec_loss = atjt_kernels.weighted_bce(logits, labels, weights, mask=mask, reduce=_reduce)
+        rec_loss = atjt_kernels.weighted_bce(
+            logits, labels, weights, mask=mask, reduce=_reduce,
+            backend=cfg.objective.loss_backend, min_rows=cfg.objective.loss_triton_min_rows,
+        )
         if name == "rce":
             # the authors' mean over rows: self-normalised loss x W / N (global, detached)
             sums = global_sum(torch.stack([weights.sum().double(), torch.tensor(float(weights.numel()), dtype=torch.float64, device=device)]))

@@ -8,8 +8,10 @@ reference.py).
 
 Backends:
 - ``"auto"`` (default): the fused Triton kernel (weighted_bce_triton.py) for CUDA tensors with
-  fp32/bf16/fp16 logits; the torch reference otherwise (CPU tensors, fp64 logits, or CUDA
-  without Triton installed).
+  fp32/bf16/fp16 logits and at least ``min_rows`` rows (``TRITON_MIN_ROWS`` by default); the
+  torch reference otherwise (CPU tensors, fp64 logits, fewer rows, or CUDA without Triton
+  installed). A fused kernel pays only where the loss's memory traffic dominates its launch
+  costs; a training step has 10^3-10^4 rows.
 - ``"triton"``: always the Triton kernel. On CPU tensors this works only when TRITON_INTERPRET=1
   was set before the kernel module was first imported (Triton's interpreter; the tests do this).
 - ``"torch"``: always the reference.
@@ -32,6 +34,10 @@ import torch
 from .reference import Reduce, bce_with_logits, rows_per_weight, weighted_bce_autograd, weighted_bce_reference
 
 BACKENDS = ("auto", "triton", "torch")
+#: rows from which "auto" takes the Triton path. Not yet measured on a GPU (benchmarks/kernel.md
+#: is where the measurement goes): set far above a training step's 10^3-10^4 rows, so that "auto"
+#: is torch's formula at every size the trainer produces until a measurement says otherwise.
+TRITON_MIN_ROWS = 1 << 20
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _triton_available: Optional[bool] = None
 
@@ -43,13 +49,13 @@ def _has_triton() -> bool:
     return _triton_available
 
 
-def use_triton(logits: torch.Tensor, backend: str = "auto") -> bool:
+def use_triton(logits: torch.Tensor, backend: str = "auto", min_rows: int = TRITON_MIN_ROWS) -> bool:
     """Whether ``weighted_bce`` takes the Triton path for these logits."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend == "triton"
-    return logits.is_cuda and logits.dtype in _TRITON_DTYPES and _has_triton()
+    return logits.is_cuda and logits.numel() >= min_rows and logits.dtype in _TRITON_DTYPES and _has_triton()
 
 
 def weighted_bce(
@@ -60,6 +66,7 @@ def weighted_bce(
     reduce: Reduce = None,
     deterministic: bool = False,
     backend: str = "auto",
+    min_rows: int = TRITON_MIN_ROWS,
 ) -> torch.Tensor:
     """Self-normalised weighted BCE on logits: fused Triton kernel on CUDA, torch reference elsewhere.
 
@@ -69,8 +76,9 @@ def weighted_bce(
     the weight gradient comes back in the weights' dtype and shape.
     reduce: sums a float64 [S, W] tensor over ranks (e.g. an all-reduce), so that L and the
     gradients use the global sums.
+    backend, min_rows: which implementation (see the module docstring).
     """
-    if use_triton(logits, backend):
+    if use_triton(logits, backend, min_rows):
         from .weighted_bce_triton import weighted_bce_triton  # lazy: imports Triton
 
         return weighted_bce_triton(logits, labels, weights, mask, reduce, deterministic)
@@ -79,6 +87,7 @@ def weighted_bce(
 
 __all__ = [
     "BACKENDS",
+    "TRITON_MIN_ROWS",
     "bce_with_logits",
     "rows_per_weight",
     "use_triton",

@@ -301,6 +301,26 @@ def test_dispatch_picks_the_reference_on_cpu():
     assert torch.equal(K.weighted_bce(x, y, w), K.weighted_bce_reference(x, y, w))
 
 
+def test_auto_takes_the_fused_kernel_only_on_cuda_from_min_rows(monkeypatch):
+    """A training step's 10^3-10^4 rows stay on torch's formula under 'auto' (the default
+    threshold); the config's default is the kernels' constant."""
+    from types import SimpleNamespace
+
+    from atjt_dist.config import build_config
+
+    monkeypatch.setattr(K, "_has_triton", lambda: True)
+
+    def cuda_logits(rows, dtype=torch.float32):
+        return SimpleNamespace(is_cuda=True, numel=lambda: rows, dtype=dtype)
+
+    assert not K.use_triton(cuda_logits(16_384))
+    assert K.use_triton(cuda_logits(K.TRITON_MIN_ROWS))
+    assert K.use_triton(cuda_logits(1000), min_rows=1000) and not K.use_triton(cuda_logits(999), min_rows=1000)
+    assert not K.use_triton(cuda_logits(K.TRITON_MIN_ROWS, torch.float64))
+    assert K.use_triton(cuda_logits(10), "triton") and not K.use_triton(cuda_logits(10**9), "torch")
+    assert build_config([]).objective.loss_triton_min_rows == K.TRITON_MIN_ROWS
+
+
 def test_reference_gradcheck_float64_with_mask_and_grouped_weights():
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(12, generator=g, dtype=torch.float64) * 3).requires_grad_()
