@@ -25,7 +25,14 @@ Two gaps in TorchRec 1.8 / fbgemm-gpu-cpu 1.8 are closed here:
   in one piece, i.e. table-wise.
 
 Dense parameters: DMP's DDP (``dist.dense=ddp``), or none when a DeepSpeed engine owns them
-(``dist.dense=deepspeed``, optim.DeepSpeedAdagrad), which then reduces their gradients.
+(``dist.dense=deepspeed``, optim.DeepSpeedAdagrad), which then reduces their gradients. Only
+DMP's DDP wrap moves the dense part to the device; :func:`place_dense` does it for every backend,
+parameters and buffers (Dice's statistics) alike, so the joint model never straddles devices.
+
+A dead peer on NCCL: NCCL reports it through its watchdog thread, not at the call site. With
+``TORCH_NCCL_ASYNC_ERROR_HANDLING=2`` (set unless the user set it: :func:`nccl_environment`) the
+watchdog aborts the communicators once ``dist.timeout_s`` passes, and the next wait on the
+main thread raises, where faults.peer_failure turns it into the one-line error.
 
 Initial weights: every rank builds the same unsharded model from the same seed; after sharding,
 each rank copies its shards out of those full tensors (:func:`load_full_state`). On CPU the
@@ -107,6 +114,9 @@ def init_distributed(cfg: DistConfig) -> DistContext:
     device = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
     if want_cuda:
         torch.cuda.set_device(device)
+    if backend == "nccl":
+        for name, value in nccl_environment(os.environ).items():
+            os.environ[name] = value
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     owns = False
     if not dist.is_initialized():
@@ -126,6 +136,19 @@ def init_distributed(cfg: DistConfig) -> DistContext:
         backend=backend,
         owns_group=owns,
     )
+
+
+#: NCCL error handling (read by ProcessGroupNCCL when the group is created): 2 = CleanUpOnly,
+#: the watchdog aborts the communicators of a timed-out or failed collective and the error is
+#: raised on the main thread at the next wait, where it is reported in one line. (1 and 3 kill
+#: the process from the watchdog thread, with no line of ours; 0 waits forever on a dead peer.)
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
+
+def nccl_environment(environ: "os._Environ | dict[str, str]") -> dict[str, str]:
+    """The NCCL variables to set before the process group is created: NCCL_ERROR_HANDLING for
+    the ones the user did not set (a user's own value wins; see the README's faults section)."""
+    return {k: v for k, v in NCCL_ERROR_HANDLING.items() if k not in environ}
 
 
 def shutdown(ctx: Optional[DistContext]) -> None:
@@ -255,9 +278,64 @@ def shard_model(module: nn.Module, ctx: DistContext, cfg: DistConfig) -> tuple[n
         # but which recogniser computes changes with the phase: no static graph.
         wrap = dict(data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=False))
     dmp = DistributedModelParallel(module, env=env, device=ctx.device, plan=plan, sharders=sharders, **wrap)
+    place_dense(dmp, ctx.device)
     if ctx.device.type == "cpu":
         fix_cpu_sequence_lookups(dmp)
     return dmp, ShardingSummary.from_plan(plan, tables, requested)
+
+
+@torch.no_grad()
+def place_dense(module: nn.Module, device: torch.device) -> int:
+    """Move every parameter and buffer outside TorchRec's sharded modules to ``device``.
+
+    DMP moves the dense part only inside its DDP wrap; under ``dist.dense=deepspeed`` it does not,
+    and a module's buffers (Dice's running statistics) would stay behind on the host. Between host and GPU
+    parameters keep their identity (``.data`` is replaced); the dense optimisers are built after
+    this in any case (trainer.Trainer). Sharded modules are left alone: their shards already sit where the plan put them.
+    Returns the number of tensors moved.
+    """
+    try:
+        from torchrec.distributed.types import ShardedModule
+    except ImportError:  # benchmarks/gpu_check.py's TorchRec stand-in: nothing is sharded
+        ShardedModule = ()  # noqa: N806 - isinstance(m, ()) is False
+
+    moved = 0
+
+    def visit(m: nn.Module) -> None:
+        nonlocal moved
+        if isinstance(m, ShardedModule):
+            return
+        for name, param in m.named_parameters(recurse=False):
+            if param.device != device:
+                data = param.data.to(device)
+                if torch._has_compatible_shallow_copy_type(param, data):  # host <-> GPU
+                    param.data = data
+                else:  # e.g. to "meta": a new Parameter (the optimisers are built after this)
+                    m._parameters[name] = nn.Parameter(data, requires_grad=param.requires_grad)
+                moved += 1
+        for name, buf in m.named_buffers(recurse=False):
+            if buf is not None and buf.device != device:
+                m._buffers[name] = buf.to(device)
+                moved += 1
+        for child in m.children():
+            visit(child)
+
+    visit(module)
+    return moved
+
+
+def misplaced_tensors(module: nn.Module, device: torch.device) -> list[str]:
+    """Names of ``module``'s parameters and buffers (local shards included) not on ``device``."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    def local(t) -> list[torch.Tensor]:
+        return [s.tensor for s in t.local_shards()] if isinstance(t, ShardedTensor) else [t]
+
+    named = list(module.named_parameters()) + list(module.named_buffers()) + list(module.state_dict().items())
+    def elsewhere(x) -> bool:
+        return hasattr(x, "device") and (x.device.type != device.type or (device.index is not None and x.device.index != device.index))
+
+    return sorted({name for name, t in named if t is not None for x in local(t) if elsewhere(x)})
 
 
 @dataclass

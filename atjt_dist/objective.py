@@ -214,9 +214,10 @@ def compute_losses(
         with torch.no_grad():
             p = torch.sigmoid(aux_logits)
             clean = aux.label > 0.5
-            stats["w_clean_sum"] = p[clean].sum()
+            # masked sums, not boolean indexing: no host sync (benchmarks/gpu_check.json found these)
+            stats["w_clean_sum"] = (p * clean).sum()
             stats["w_clean_n"] = clean.sum().float()
-            stats["w_noisy_sum"] = p[~clean].sum()
+            stats["w_noisy_sum"] = (p * ~clean).sum()
             stats["w_noisy_n"] = (~clean).sum().float()
 
     if "idle_touch" in out:  # zero-valued: keeps every DDP-managed parameter in the graph

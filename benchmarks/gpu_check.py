@@ -17,7 +17,11 @@ it can and says, part by part, what it could not:
    parameters' grads dropped), with TorchRec's EmbeddingCollection replaced by a plain-torch
    stand-in (one nn.Embedding per table, same KeyedJaggedTensor interface) when TorchRec is
    missing; samples/s with the pipeline off (batches built and copied in the step) and on.
-4. ``syncs``: ``torch.cuda.set_sync_debug_mode("warn")`` around a few steps: every host sync
+4. ``placement``: every parameter and buffer of the joint model (Dice's running statistics
+   included) sits on the device after ``distributed.place_dense`` and the timed steps.
+5. ``loss_backends``: the step's loss and gradients with the fused Triton loss forced
+   (``objective.loss_backend=triton``) equal those of torch's formula on the same forward.
+6. ``syncs``: ``torch.cuda.set_sync_debug_mode("warn")`` around a few steps: every host sync
    is reported with the first frame of our code that caused it. The design goal is none;
    the stand-in's KeyedJaggedTensor construction (``SequenceBatch.kjt``: boolean-mask indexing
    of the padded history) is a known one, as are TorchRec's own (its input distribution learns
@@ -191,6 +195,7 @@ def _setup(args, device: torch.device):
     from atjt_dist.config import Config
     from atjt_dist.data.dataset import TrainingData
     from atjt_dist.data.synthetic import ensure_dataset
+    from atjt_dist.distributed import place_dense
     from atjt_dist.models import ModelSpec
 
     cfg = Config()
@@ -207,7 +212,8 @@ def _setup(args, device: torch.device):
     schedule = Schedule(data, cfg)
     meta = data.meta
     torch.manual_seed(cfg.seed)
-    model = JointModel(ModelSpec(meta["num_users"], meta["num_items"], meta["num_categories"], d.history_length), cfg).to(device)
+    model = JointModel(ModelSpec(meta["num_users"], meta["num_items"], meta["num_categories"], d.history_length), cfg)
+    place_dense(model, device)  # what the trainer does after sharding (not module.to(): see check_placement)
     optimizer = torch.optim.Adagrad(model.parameters(), lr=cfg.train.lr, eps=1e-10, weight_decay=cfg.train.weight_decay)
     return cfg, schedule, model, optimizer
 
@@ -280,6 +286,49 @@ def check_step(cfg, schedule, model, optimizer, device: torch.device, steps: int
     return {"status": "ok", "steps_each": steps, "rows_per_step": 2 * cfg.train.batch_size, "samples_per_s_pipeline_off": half / off, "samples_per_s_pipeline_on": half / on}
 
 
+def check_placement(model, device: torch.device) -> dict:
+    """Every parameter and buffer of the joint model (Dice's statistics included) on the device,
+    after distributed.place_dense and some steps: what the trainer relies on under every dense
+    backend (DMP's DDP wrap moves the dense part itself; under DeepSpeed nothing else would)."""
+    from atjt_dist.distributed import misplaced_tensors
+
+    wrong = misplaced_tensors(model, device)
+    buffers = [n for n, _ in model.named_buffers()]
+    return {"status": "ok" if not wrong else "failed", "tensors": len(list(model.parameters())) + len(buffers), "buffers": len(buffers), "not_on_device": wrong[:20]}
+
+
+def check_loss_backends(cfg, schedule, model, device: torch.device) -> dict:
+    """The real step's losses and gradients with the fused Triton loss (objective.loss_backend=
+    triton) equal torch's formula on the same forward, over a few ATJT steps of both phases."""
+    import copy
+
+    from atjt_dist.objective import compute_losses
+
+    if device.type != "cuda":
+        return {"status": "skipped", "why": "no CUDA (the interpreter is covered by tests/test_kernel_triton.py)"}
+    worst = {"loss": 0.0, "grad": 0.0}
+    plans = [p for _, p in zip(range(40), schedule.steps())][::8]
+    for plan in plans:
+        rec, aux = (b.to(device) if b is not None else None for b in _host_batches(schedule, plan))
+        results = []
+        for backend in ("torch", "triton"):
+            c = copy.deepcopy(cfg)
+            c.objective.loss_backend = backend
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)
+            out = model(rec, aux, plan.phase, plan.stage)
+            losses = compute_losses(out, rec, aux, c, plan.stage, plan.step)
+            losses.backward.backward()
+            grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+            results.append((losses.backward.detach(), grads))
+        (l0, g0), (l1, g1) = results
+        worst["loss"] = max(worst["loss"], float((l0 - l1).abs() / l0.abs().clamp_min(1e-12)))
+        worst["grad"] = max([worst["grad"]] + [float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in zip(g0, g1)])
+    model.zero_grad(set_to_none=True)
+    ok = worst["loss"] < 1e-5 and worst["grad"] < 1e-4
+    return {"status": "ok" if ok else "failed", "steps": len(plans), "max_rel_diff": worst}
+
+
 def check_syncs(cfg, schedule, model, optimizer, device: torch.device, steps: int) -> dict:
     if device.type != "cuda":
         return {"status": "skipped", "why": "no CUDA"}
@@ -293,7 +342,9 @@ def check_syncs(cfg, schedule, model, optimizer, device: torch.device, steps: in
         if "synchroniz" not in str(message):  # only the sync debug mode's warnings count
             return original(message, category, filename, lineno, file, line)
         ours = [f for f in traceback.extract_stack() if "/atjt_dist/" in f.filename or "/kernels/" in f.filename or "gpu_check" in f.filename]
-        where = next((f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(ours) if "gpu_check" not in f.filename), "outside our code")
+        stack = [f for f in traceback.extract_stack() if "warnings" not in f.filename and "gpu_check" not in f.filename]
+        outside = f"outside our code, at {'/'.join(Path(stack[-1].filename).parts[-2:])}:{stack[-1].lineno} {stack[-1].line}" if stack else "outside our code"
+        where = next((f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(ours) if "gpu_check" not in f.filename), outside)
         sources[where] = sources.get(where, 0) + 1
 
     warnings.showwarning = record
@@ -355,6 +406,8 @@ def main(argv=None) -> int:
     else:
         run("prefetch", check_prefetch, schedule, device, 4)
         run("step", check_step, cfg, schedule, model, optimizer, device, args.steps)
+        run("placement", check_placement, model, device)
+        run("loss_backends", check_loss_backends, cfg, schedule, model, device)
         run("syncs", check_syncs, cfg, schedule, model, optimizer, device, 3)
     if args.stand_in or not report["available"]["torchrec"] or not report["available"]["fbgemm_gpu"]:
         report["not_checked"] += [

@@ -5,7 +5,8 @@
 Needs a CUDA device. Without one it prints why on stderr, writes nothing and exits with code 2
 (so that a script chaining benchmarks sees it did not run).
 
-For N = 2^16 .. 2^26 rows and fp32 and bf16 logits (labels and weights fp32, as the training
+For N = 2^10 .. 2^28 rows (a training step has 10^3-10^4 rows; the large N are where a fused
+kernel can reach the bandwidth: below about 2^25 rows a GPU call's fixed costs hide it) and fp32 and bf16 logits (labels and weights fp32, as the training
 code passes them), it times one forward and backward (``torch.autograd.grad`` of L to logits and
 weights, so no gradient accumulation is timed) of:
 
@@ -90,8 +91,8 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default=None, help="Markdown report to write")
-    ap.add_argument("--min-log2", type=int, default=16)
-    ap.add_argument("--max-log2", type=int, default=26)
+    ap.add_argument("--min-log2", type=int, default=10)
+    ap.add_argument("--max-log2", type=int, default=28)
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     ap.add_argument("--peak-gbs", type=float, default=None, help="peak DRAM bandwidth in GB/s (overrides the table)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
@@ -156,6 +157,23 @@ def main(argv=None) -> int:
     if args.output:
         Path(args.output).write_text(report)
     return 0
+
+
+def crossover_rows(rows) -> int | None:
+    """The smallest N from which the kernel beats torch eager at that N and every larger N
+    measured (None when it does not at the largest)."""
+    best = None
+    for r in sorted(rows, key=lambda r: r["n"], reverse=True):
+        if r.get("triton") is None or r.get("eager") is None or r["triton"] >= r["eager"]:
+            break
+        best = r["n"]
+    return best
+
+
+def _min_rows() -> int:
+    import atjt_kernels
+
+    return atjt_kernels.TRITON_MIN_ROWS
 
 
 def _gbs(row, name):
@@ -230,6 +248,14 @@ def _report(rows, dev, peak, peak_src, compile_note, cmd, skipped, failures, ela
             f"{_fmt(speed, '.1f', 'x')} torch eager (target >= {TARGET_SPEEDUP:.0f}x: "
             f"{_verdict(speed is not None and speed >= TARGET_SPEEDUP)})"
         )
+    lines += ["", "## Where the kernel starts to pay (objective.loss_triton_min_rows)", ""]
+    for tag in dict.fromkeys(r["dtype"] for r in rows):
+        n = crossover_rows(r for r in rows if r["dtype"] == tag)
+        lines.append(
+            f"- {tag}: " + ("the kernel is not faster than torch eager at any measured N" if n is None else
+                            f"faster than torch eager from N = 2^{n.bit_length() - 1} = {n:,} rows on (at every larger N measured)")
+        )
+    lines.append(f"- the threshold in use: atjt_kernels.TRITON_MIN_ROWS = {_min_rows():,} rows")
     if skipped:
         lines += ["", f"Not measured (time budget): {', '.join(skipped)}"]
     if failures:

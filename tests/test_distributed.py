@@ -271,6 +271,51 @@ def test_data_parallel_tables_work_for_every_model():
         assert not dist.is_initialized()
 
 
+def test_dense_part_follows_the_device_under_every_dense_backend():
+    """DMP moves the dense part to the device only inside its DDP wrap: under dist.dense=deepspeed
+    Dice's statistics (buffers) and the dense layers would stay on the host. place_dense moves
+    every parameter and buffer outside the sharded tables. Shown with the meta device as the target, which a CPU machine has."""
+    from atjt_dist.atjt import JointModel
+    from atjt_dist.distributed import init_distributed, misplaced_tensors, place_dense, shard_model, shutdown
+    from atjt_dist.models import ModelSpec
+
+    spec = ModelSpec(num_users=50, num_items=40, num_categories=5, history_length=6)
+    cfg0 = build_config(["--dist.device=cpu"])
+    ctx = init_distributed(cfg0.dist)
+    try:
+        for dense in ("ddp", "deepspeed"):
+            cfg = build_config([f"--dist.dense={dense}", "--dist.sharding=table_wise"])
+            model = JointModel(spec, cfg)
+            dmp, _ = shard_model(model, ctx, cfg.dist)
+            assert misplaced_tensors(dmp, ctx.device) == [], dense
+            dice = [n for n, _ in dmp.named_buffers() if n.endswith("running_mean")]
+            assert dice, "DIN's Dice buffers are expected in the joint model"
+            moved = place_dense(dmp, torch.device("meta"))
+            elsewhere = misplaced_tensors(dmp, torch.device("meta"))
+            # what stays behind is exactly the sharded tables' weights
+            assert elsewhere and all("embeddings." in n for n in elsewhere), (dense, elsewhere)
+            assert moved > len(dice)
+            assert all(dict(dmp.named_buffers())[n].is_meta for n in dice), dense
+            del dmp, model
+    finally:
+        shutdown(ctx)
+
+
+def test_nccl_dead_peer_settings():
+    """The NCCL watchdog must abort and hand the error to the main thread (mode 2), unless the
+    user chose otherwise; the error it raises there is a collective failure for faults."""
+    import torch.distributed as dist
+
+    from atjt_dist.distributed import nccl_environment
+    from atjt_dist.faults import _is_collective_failure
+
+    assert nccl_environment({}) == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+    assert nccl_environment({"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3"}) == {}
+    assert _is_collective_failure(dist.DistBackendError("NCCL communicator was aborted on rank 1."))
+    assert _is_collective_failure(RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7)"))
+    assert not _is_collective_failure(ValueError("shape mismatch"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Multi-process runs
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +410,7 @@ def test_dense_backend_state_round_trip(tiny_dataset, tmp_path, dense):
 
     from atjt_dist.trainer import Trainer
 
-    from atjt_dist.distributed import init_distributed, shutdown
+    from atjt_dist.distributed import init_distributed, misplaced_tensors, shutdown
 
     args = [f"--data.path={tiny_dataset}", *SMALL, f"--dist.dense={dense}", "--dist.zero_stage=2", "--dist.table_sharding={rec_user: data_parallel}"]
     ctx = init_distributed(build_config(args).dist)  # one group for both runs: DeepSpeed caches its groups per process
@@ -378,6 +423,7 @@ def test_dense_backend_state_round_trip(tiny_dataset, tmp_path, dense):
             buffer = io.BytesIO()  # what a checkpoint would do with it
             torch.save((first.model.state_dict(), first.model.fused_optimizer.state_dict(), first.dense_optimizer.state_dict()), buffer)
             expected = [float(first.train_step(plan)[0].stats["loss"]) for plan in plans[3:]]
+            assert misplaced_tensors(first.model, first.ctx.device) == []
         finally:
             first.close()
         second = Trainer(build_config([*args, f"--run-dir={tmp_path / 'b'}"]), ctx)

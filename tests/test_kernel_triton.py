@@ -302,8 +302,9 @@ def test_dispatch_picks_the_reference_on_cpu():
 
 
 def test_auto_takes_the_fused_kernel_only_on_cuda_from_min_rows(monkeypatch):
-    """A training step's 10^3-10^4 rows stay on torch's formula under 'auto' (the default
-    threshold); the config's default is the kernels' constant."""
+    """Under 'auto' a training step's 10^3-10^4 rows take the kernel on CUDA (the threshold
+    measured in benchmarks/kernel.md), fewer rows and CPU tensors torch's formula; the config's
+    default is the kernels' constant."""
     from types import SimpleNamespace
 
     from atjt_dist.config import build_config
@@ -313,7 +314,9 @@ def test_auto_takes_the_fused_kernel_only_on_cuda_from_min_rows(monkeypatch):
     def cuda_logits(rows, dtype=torch.float32):
         return SimpleNamespace(is_cuda=True, numel=lambda: rows, dtype=dtype)
 
-    assert not K.use_triton(cuda_logits(16_384))
+    assert K.use_triton(cuda_logits(1_024)) and K.use_triton(cuda_logits(16_384))
+    assert not K.use_triton(cuda_logits(512))
+    assert not K.use_triton(SimpleNamespace(is_cuda=False, numel=lambda: 16_384, dtype=torch.float32))
     assert K.use_triton(cuda_logits(K.TRITON_MIN_ROWS))
     assert K.use_triton(cuda_logits(1000), min_rows=1000) and not K.use_triton(cuda_logits(999), min_rows=1000)
     assert not K.use_triton(cuda_logits(K.TRITON_MIN_ROWS, torch.float64))
