@@ -123,8 +123,16 @@ def plant_into_dataset(
     offsets = np.asarray(a.seq_offsets, dtype=np.int64)
     items = np.asarray(a.seq_items, dtype=np.int32)
     noisy = plant_noise(
-        items, offsets, a.num_items, np.asarray(a.popularity), user_share=user_share, item_share=item_share,
-        kind=kind, seed=seed, eligible_users=train, include_last=include_last,
+        items,
+        offsets,
+        a.num_items,
+        np.asarray(a.popularity),
+        user_share=user_share,
+        item_share=item_share,
+        kind=kind,
+        seed=seed,
+        eligible_users=train,
+        include_last=include_last,
     )
     truth = noisy.truth
     test_rows = np.repeat(~train, np.diff(offsets))
@@ -214,7 +222,12 @@ def ensure_noisy_copy(source: Path, output: Path, settings: dict, is_main: bool)
             summary = plant_into_dataset(source, output, **settings)
             log.info(
                 "planted %s noise in %d of %d training users (%d items) of %s: %s",
-                summary["kind"], summary["noisy_users"], summary["eligible_users"], summary["planted_items"], source, output,
+                summary["kind"],
+                summary["noisy_users"],
+                summary["eligible_users"],
+                summary["planted_items"],
+                source,
+                output,
             )
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -457,8 +470,14 @@ def _main(argv: list[str]) -> int:
                 setup_logging(root, ctx.is_main)
                 results[method][seed] = record
                 if ctx.is_main:
-                    log.info("%s: test auc %.4f, noise AUC %.4f (%s), loss AUC %.4f", run_dir, record["auc"],
-                             record["audit"]["noise_auc"], record["audit"]["score"], record["audit"]["loss_auc"])
+                    log.info(
+                        "%s: test auc %.4f, noise AUC %.4f (%s), loss AUC %.4f",
+                        run_dir,
+                        record["auc"],
+                        record["audit"]["noise_auc"],
+                        record["audit"]["score"],
+                        record["audit"]["loss_auc"],
+                    )
         if ctx.is_main:
             k = base_cfg.eval.k
             table, data = summarise(results, k)
@@ -474,8 +493,10 @@ def _main(argv: list[str]) -> int:
                 f"training loss under the method's final model.\n\n    {command}\n\n"
             )
             (root / "audit.md").write_text(header + table)
-            write_json(root / "audit.json", {"command": command, "noise": noise, "summary": data,
-                                             "runs": {m: {str(s): r for s, r in v.items()} for m, v in results.items()}})
+            write_json(
+                root / "audit.json",
+                {"command": command, "noise": noise, "summary": data, "runs": {m: {str(s): r for s, r in v.items()} for m, v in results.items()}},
+            )
             print(table)
             print(f"written: {root / 'audit.md'}")
     finally:
@@ -485,7 +506,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.audit", __doc__.strip().splitlines()[0])
+    return run_cli(_main, argv, "python -m atjt_dist.audit", __doc__)
 
 
 if __name__ == "__main__":

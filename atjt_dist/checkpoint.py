@@ -79,8 +79,16 @@ _PREFIX = "step-"
 
 #: Config keys (and sections) that may differ between a checkpoint's run and the run resuming it.
 RESUMABLE_KEYS = (
-    "run_dir", "resume", "checkpoint", "train.max_steps", "train.log_every", "train.progress_bar",
-    "eval", "dist", "data.path", "data.synthetic.cache_dir",
+    "run_dir",
+    "resume",
+    "checkpoint",
+    "train.max_steps",
+    "train.log_every",
+    "train.progress_bar",
+    "eval",
+    "dist",
+    "data.path",
+    "data.synthetic.cache_dir",
 )
 
 
@@ -217,9 +225,9 @@ def _files(directory: Path) -> list[str]:
 def checkpoint_step(path: Path) -> Optional[int]:
     """The step of a committed checkpoint directory's name (None for anything else)."""
     name = path.name
-    if not name.startswith(_PREFIX) or not name[len(_PREFIX):].isdigit():
+    if not name.startswith(_PREFIX) or not name[len(_PREFIX) :].isdigit():
         return None
-    return int(name[len(_PREFIX):])
+    return int(name[len(_PREFIX) :])
 
 
 def committed(root: Path) -> list[Path]:
@@ -431,7 +439,8 @@ class Checkpoints:
             if self.rank == 0:
                 log.warning(
                     "checkpoint %s is damaged: %s; falling back to the previous checkpoint",
-                    path, "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""),
+                    path,
+                    "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""),
                 )
                 damaged = path.with_name(path.name + ".damaged")
                 shutil.rmtree(damaged, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""What every command-line entry point shares: --help from the config tree, and errors.
+"""What every command-line entry point shares: --help, and errors.
 
 A bad config key, a missing dataset or a similar user error prints one line on stderr and
 exits with status 2 (a traceback only with ATJT_DEBUG=1); so does a :class:`RunError` (a run
@@ -11,31 +11,59 @@ import os
 import sys
 from typing import Callable
 
-from .config import ConfigError, describe
-from .data.layout import DatasetError
+from .errors import ConfigError, DatasetError, RunError
 
 USER_ERRORS = (ConfigError, DatasetError, FileNotFoundError)
 
 
-class RunError(RuntimeError):
-    """A run stopped for a reason its message fully explains (a non-finite loss, a dead peer):
-    one line on stderr and ``exit_status``, no traceback (subclasses: atjt_dist.faults)."""
+#: The config keys most runs set; --help lists them, --help-all (and docs/config.md) all of them.
+KEY_FLAGS = (
+    ("--config FILE", "a YAML file of config sections (configs/); flags override it"),
+    ("--data.path DIR", "a prepared dataset (atjt prepare); default: generated synthetic data"),
+    ("--model.name NAME", "din, dcn, wide_deep, sasrec, fearec or s3rec"),
+    ("--atjt.enabled BOOL", "true: ATJT's sequence weights (default); false: the baseline"),
+    ("--train.epochs N", "epochs per phase"),
+    ("--train.lr LR", "the recommender's learning rate (0.001 or 1e-3)"),
+    ("--seed N", "same config and seed, same result"),
+    ("--run-dir DIR", "where the run writes (default: runs/<time>-<model>-<method>)"),
+    ("--dist.device DEV", "auto, cpu or cuda"),
+)
 
-    exit_status = 2
+
+def usage_block(doc: str) -> str:
+    """The opening of a command's docstring up to and including its usage lines (the first
+    indented block naming the command), or its first paragraph when it has none."""
+    paragraphs = [p for p in doc.strip().split("\n\n") if p.strip()]
+    for i, paragraph in enumerate(paragraphs[:4]):
+        if "python -m" in paragraph:
+            return "\n\n".join(paragraphs[: i + 1])
+    return paragraphs[0] if paragraphs else ""
 
 
-def print_help(prog: str, summary: str) -> None:
-    """Usage, then every config key with its type, default and meaning."""
-    print(f"usage: {prog} [--config FILE] [--section.key=value ...]\n\n{summary}\n")
-    print("Config keys (YAML sections or --section.key=value overrides):\n")
-    print(describe())
+def print_help(prog: str, doc: str, full: bool = False) -> None:
+    """The command's usage, the key config flags and where the rest are (``full``: every config
+    key with its type, default and meaning, as in docs/config.md)."""
+    print(f"usage: {prog} [--config FILE] [--section.key=value ...]\n")
+    print(usage_block(doc) + "\n")
+    if full:
+        from .config import describe  # the whole table: imports nothing heavy either
+
+        print("Config keys (YAML sections or --section.key=value overrides):\n")
+        print(describe())
+        return
+    print("Most used config flags (--key=value or --key value):")
+    width = max(len(flag) for flag, _ in KEY_FLAGS)
+    for flag, text in KEY_FLAGS:
+        print(f"  {flag:<{width}}  {text}")
+    print("\nEvery config key: docs/config.md, or --help-all.")
 
 
-def run_cli(main: Callable[[list[str]], int], argv: list[str] | None, prog: str, summary: str) -> int:
-    """Run ``main(argv)``, turning user errors into one line on stderr and exit status 2."""
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None, prog: str, doc: str) -> int:
+    """Run ``main(argv)``, turning user errors into one line on stderr and exit status 2.
+    ``-h``/``--help`` print :func:`print_help` from ``doc`` (the command's module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print_help(prog, summary)
+    if "-h" in argv or "--help" in argv or "--help-all" in argv:
+        print_help(prog, doc, full="--help-all" in argv)
         return 0
     try:
         return main(argv)

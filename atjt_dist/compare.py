@@ -23,6 +23,7 @@ from .distributed import init_distributed, shutdown
 from .runlog import choose_run_dir, write_json
 from .trainer import run_training
 
+
 def _objective(name: str):
     def apply(cfg: Config) -> None:
         cfg.objective.name = name
@@ -32,7 +33,10 @@ def _objective(name: str):
 
 
 #: method name -> how it changes the config
-METHODS = {name: _objective(objective) for name, objective in (("base", "bce"), ("tce", "tce"), ("rce", "rce"), ("atjt", "atjt"), ("oracle", "oracle"), ("oracle_item", "oracle_item"))}
+METHODS = {
+    name: _objective(objective)
+    for name, objective in (("base", "bce"), ("tce", "tce"), ("rce", "rce"), ("atjt", "atjt"), ("oracle", "oracle"), ("oracle_item", "oracle_item"))
+}
 REPORTED = ("auc", "hr@{k}", "ndcg@{k}")
 
 
@@ -145,7 +149,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.compare", __doc__.strip().splitlines()[0])
+    return run_cli(_main, argv, "python -m atjt_dist.compare", __doc__)
 
 
 if __name__ == "__main__":

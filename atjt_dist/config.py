@@ -24,9 +24,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message says which and what is allowed."""
+from .errors import ConfigError
 
 
 def knob(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
@@ -59,12 +57,8 @@ class SyntheticConfig:
     items: int = knob(1000, "Number of items to generate (at least 128: test candidates need 63 free items).")
     clusters: int = knob(20, "Number of item clusters (they are the items' categories).")
     taste_clusters: int = knob(2, "Clusters in a user's taste (a sparse mixture with random weights).")
-    stickiness: float = knob(
-        0.95, "Probability that a step not following a successor link stays in the current cluster."
-    )
-    successor_prob: float = knob(
-        0.5, "Probability that the next item is one of the previous item's successor links."
-    )
+    stickiness: float = knob(0.95, "Probability that a step not following a successor link stays in the current cluster.")
+    successor_prob: float = knob(0.5, "Probability that the next item is one of the previous item's successor links.")
     successors: int = knob(4, "Successor links per item (other items of its cluster).")
     zipf_exponent: float = knob(1.0, "Within-cluster popularity: the item of rank r has weight (r + 1)^-a.")
     mean_length: float = knob(12.0, "Mean sequence length per user (min_length + an exponential tail).")
@@ -72,8 +66,7 @@ class SyntheticConfig:
     noisy_user_share: float = knob(0.3, "Share of users whose histories get planted noise.")
     noisy_item_share: float = knob(
         0.3,
-        "Share of a noisy user's history (every item but the last) replaced by noise, rounded, "
-        "at least one item ('insert': that many items inserted).",
+        "Share of a noisy user's history (every item but the last) replaced by noise, rounded, at least one item ('insert': that many items inserted).",
     )
     noise_kind: Literal["random", "popular", "foreign", "insert"] = knob(
         "random",
@@ -97,8 +90,7 @@ class SyntheticConfig:
     seed: int = knob(0, "Generator seed: the same config (seed included) gives identical arrays.")
     cache_dir: Optional[str] = knob(
         None,
-        "Where the generated dataset is cached (default: $ATJT_CACHE or ~/.cache/atjt-dist). "
-        "A dataset is generated once per distinct generator config.",
+        "Where the generated dataset is cached (default: $ATJT_CACHE or ~/.cache/atjt-dist). A dataset is generated once per distinct generator config.",
     )
 
     def check(self, key: Any = None) -> None:
@@ -120,19 +112,14 @@ class SyntheticConfig:
         if not 2 <= self.min_length <= self.items // 2:
             raise ConfigError(f"{name('min_length')} must be in [2, items/2 = {self.items // 2}], got {self.min_length}")
         if not self.min_length <= self.mean_length <= self.items // 2:
-            raise ConfigError(
-                f"{name('mean_length')} must be in [min_length = {self.min_length}, items/2 = {self.items // 2}], "
-                f"got {self.mean_length}"
-            )
+            raise ConfigError(f"{name('mean_length')} must be in [min_length = {self.min_length}, items/2 = {self.items // 2}], got {self.mean_length}")
         for f in ("stickiness", "successor_prob", "noisy_user_share", "noisy_item_share"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 raise ConfigError(f"{name(f)} must be in [0, 1], got {getattr(self, f)}")
         if not 0.0 <= self.zipf_exponent <= 10.0:
             raise ConfigError(f"{name('zipf_exponent')} must be in [0, 10], got {self.zipf_exponent}")
         if self.clean_test_fold is not None and not 0 <= self.clean_test_fold < self.folds:
-            raise ConfigError(
-                f"{name('clean_test_fold')} must be a fold in 0..{self.folds - 1} or null, got {self.clean_test_fold}"
-            )
+            raise ConfigError(f"{name('clean_test_fold')} must be a fold in 0..{self.folds - 1} or null, got {self.clean_test_fold}")
 
 
 @dataclass
@@ -141,8 +128,7 @@ class DataConfig:
 
     path: Optional[str] = knob(
         None,
-        "A prepared dataset directory (atjt_dist.data.prepare or .synthetic). "
-        "Default: the embedded synthetic dataset, generated and cached on first use.",
+        "A prepared dataset directory (atjt_dist.data.prepare or .synthetic). Default: the embedded synthetic dataset, generated and cached on first use.",
     )
     split: Literal["kfold", "loo"] = knob(
         "kfold",
@@ -160,8 +146,7 @@ class DataConfig:
     )
     negative_sampler: Literal["popularity", "uniform"] = knob(
         "popularity",
-        "Training negatives: drawn with probability proportional to popularity^exponent, or "
-        "uniformly; never an item of the user's own sequence.",
+        "Training negatives: drawn with probability proportional to popularity^exponent, or uniformly; never an item of the user's own sequence.",
     )
     popularity_exponent: float = knob(0.75, "Exponent of popularity for the negative sampler.")
     synthetic: SyntheticConfig = knob(SyntheticConfig(), "The embedded default dataset.")
@@ -259,14 +244,10 @@ class SASRecConfig:
     paper's d = 50 is not a multiple of 4, which TorchRec's sharded tables need, hence 64.
     """
 
-    hidden: int = knob(
-        64, "Hidden size d of the blocks and of the model's embedding tables (a multiple of 4 and of heads)."
-    )
+    hidden: int = knob(64, "Hidden size d of the blocks and of the model's embedding tables (a multiple of 4 and of heads).")
     blocks: int = knob(2, "Self-attention blocks.")
     heads: int = knob(1, "Attention heads (must divide hidden).")
-    dropout: float = knob(
-        0.0, "Dropout of the embeddings, the attention probabilities and every block's outputs (paper: 0.2 dense, 0.5 sparse data)."
-    )
+    dropout: float = knob(0.0, "Dropout of the embeddings, the attention probabilities and every block's outputs (paper: 0.2 dense, 0.5 sparse data).")
     positions: Literal["end", "start"] = knob(
         "end",
         "Learned position ids: 'end' (the paper's left-padded inputs) gives the most recent item "
@@ -314,21 +295,15 @@ class FEARecConfig:
     )
     time_attention_share: float = knob(
         0.1,
-        "alpha: a block's attention output is (1 - alpha) * frequency-domain auto-correlation + "
-        "alpha * time-domain self-attention.",
+        "alpha: a block's attention output is (1 - alpha) * frequency-domain auto-correlation + alpha * time-domain self-attention.",
     )
-    topk_factor: float = knob(
-        1.0, "Auto-correlation aggregates the top int(topk_factor * ln L) delays (at least 1) of each sequence."
-    )
+    topk_factor: float = knob(1.0, "Auto-correlation aggregates the top int(topk_factor * ln L) delays (at least 1) of each sequence.")
     contrastive_weight: float = knob(
         0.1,
-        "Weight of the contrastive loss (InfoNCE between two dropout views of each sequence, "
-        "in-batch negatives gathered over all ranks); 0 = off.",
+        "Weight of the contrastive loss (InfoNCE between two dropout views of each sequence, in-batch negatives gathered over all ranks); 0 = off.",
     )
     temperature: float = knob(1.0, "InfoNCE temperature (dot-product similarity).")
-    frequency_weight: float = knob(
-        0.1, "Weight of the frequency-domain regulariser: mean |FFT(view 1) - FFT(view 2)| of the two views; 0 = off."
-    )
+    frequency_weight: float = knob(0.1, "Weight of the frequency-domain regulariser: mean |FFT(view 1) - FFT(view 2)| of the two views; 0 = off.")
     positions: Literal["start", "end"] = knob(
         "start",
         "Learned position ids: 'start' (the authors' right-padded RecBole inputs) counts from the "
@@ -378,15 +353,11 @@ class S3RecConfig:
     dropout: float = knob(0.0, "Dropout of the embeddings and of every block's outputs (paper: 0.5).")
     attention_dropout: float = knob(0.0, "Dropout of the attention probabilities (paper: 0.5).")
     pretrained: Optional[str] = knob(None, "A pre-training checkpoint (atjt_dist.pretrain) to start fine-tuning from.")
-    pretrain_epochs: int = knob(
-        150, "Pre-training epochs over every prefix of the training sequences (authors' released checkpoints: 150)."
-    )
+    pretrain_epochs: int = knob(150, "Pre-training epochs over every prefix of the training sequences (authors' released checkpoints: 150).")
     pretrain_batch_size: int = knob(100, "Sequences per pre-training batch.")
     pretrain_lr: float = knob(1e-3, "Adam learning rate of pre-training.")
     pretrain_weight_decay: float = knob(0.0, "Adam weight decay of pre-training.")
-    mask_prob: float = knob(
-        0.2, "MIP/MAP: probability that an item is replaced by [mask] (the last item always is)."
-    )
+    mask_prob: float = knob(0.2, "MIP/MAP: probability that an item is replaced by [mask] (the last item always is).")
     aap_weight: float = knob(0.2, "Weight of the associated attribute prediction loss (AAP).")
     mip_weight: float = knob(1.0, "Weight of the masked item prediction loss (MIP).")
     map_weight: float = knob(1.0, "Weight of the masked attribute prediction loss (MAP).")
@@ -414,9 +385,7 @@ class S3RecConfig:
 class ModelConfig:
     """The base recommender."""
 
-    name: Literal["din", "dcn", "wide_deep", "sasrec", "fearec", "s3rec"] = knob(
-        "din", "Base model (atjt_dist.models.REGISTRY maps each name to its class)."
-    )
+    name: Literal["din", "dcn", "wide_deep", "sasrec", "fearec", "s3rec"] = knob("din", "Base model (atjt_dist.models.REGISTRY maps each name to its class).")
     embedding_dim: int = knob(8, "Embedding dimension of the user, item and category tables.")
     dropout: float = knob(
         0.0,
@@ -466,13 +435,10 @@ class RecognizerConfig:
     )
     transformer_blocks: int = knob(1, "'transformer': bidirectional self-attention blocks.")
     transformer_heads: int = knob(1, "'transformer': attention heads (must divide transformer_hidden).")
-    transformer_inner_factor: int = knob(
-        2, "'transformer': width of each block's GELU feed-forward layer, in multiples of transformer_hidden."
-    )
+    transformer_inner_factor: int = knob(2, "'transformer': width of each block's GELU feed-forward layer, in multiples of transformer_hidden.")
     transformer_dropout: float = knob(
         0.0,
-        "'transformer': dropout of the embeddings, the attention probabilities and every block's "
-        "outputs (a byte mask: p rounded to a multiple of 1/256).",
+        "'transformer': dropout of the embeddings, the attention probabilities and every block's outputs (a byte mask: p rounded to a multiple of 1/256).",
     )
     sequence_weight: Literal["product", "min"] = knob(
         "product",
@@ -489,13 +455,9 @@ class RecognizerConfig:
             if getattr(self, f) < 1:
                 raise ConfigError(f"{name(f)} must be >= 1, got {getattr(self, f)}")
         if self.transformer_hidden % 4:
-            raise ConfigError(
-                f"{name('transformer_hidden')} must be a multiple of 4 (TorchRec's embedding kernels), got {self.transformer_hidden}"
-            )
+            raise ConfigError(f"{name('transformer_hidden')} must be a multiple of 4 (TorchRec's embedding kernels), got {self.transformer_hidden}")
         if self.transformer_hidden % self.transformer_heads:
-            raise ConfigError(
-                f"{name('transformer_heads')}={self.transformer_heads} must divide {name('transformer_hidden')}={self.transformer_hidden}"
-            )
+            raise ConfigError(f"{name('transformer_heads')}={self.transformer_heads} must divide {name('transformer_hidden')}={self.transformer_hidden}")
         for f in ("dropout", "transformer_dropout"):
             if not 0.0 <= getattr(self, f) < 1.0:
                 raise ConfigError(f"{name(f)} must be in [0, 1), got {getattr(self, f)}")
@@ -538,9 +500,7 @@ class ATJTConfig:
         "recent). false = the authors' rule: one r shared by the batch, uniform in [1, shortest "
         "history in the batch], which in sliding mode is r = 1 in most batches (the paper preset).",
     )
-    replacement: Literal["uniform", "popularity"] = knob(
-        "uniform", "Distribution of the replacement item: uniform over the vocabulary or by popularity."
-    )
+    replacement: Literal["uniform", "popularity"] = knob("uniform", "Distribution of the replacement item: uniform over the vocabulary or by popularity.")
     recognizer_batch_size: int = knob(256, "Rows per recogniser batch (global, across ranks).")
     recognizer_warmup_steps: int = knob(
         600,
@@ -551,8 +511,7 @@ class ATJTConfig:
     )
     recognizer_batches_per_step: int = knob(
         1,
-        "Recogniser budget: K, the recogniser batches per part of B^D that each step trains on "
-        "(a step reads K * (N-1) of them; the paper: 1).",
+        "Recogniser budget: K, the recogniser batches per part of B^D that each step trains on (a step reads K * (N-1) of them; the paper: 1).",
     )
     recognizer_lrs: list[float] = knob(
         [0.05],
@@ -576,8 +535,7 @@ class ObjectiveConfig:
     tce_max_drop: float = knob(0.2, "T-CE: the largest share of a batch's rows dropped (eps_max; Wang et al.: 0.2).")
     tce_ramp_steps: int = knob(
         30000,
-        "T-CE: steps over which the drop rate rises from 0 to tce_max_drop (Wang et al.: 30000 "
-        "iterations; set it to a fraction of a shorter run's steps).",
+        "T-CE: steps over which the drop rate rises from 0 to tce_max_drop (Wang et al.: 30000 iterations; set it to a fraction of a shorter run's steps).",
     )
     tce_exponent: float = knob(1.0, "T-CE: shape of the ramp, eps(t) = eps_max * min(t/T, 1)^exponent (1 = linear).")
     loss_backend: Literal["auto", "torch", "triton"] = knob(
@@ -703,8 +661,7 @@ class DistConfig:
     )
     pipeline: bool = knob(
         False,
-        "CUDA only: build and copy the next step's batches to the GPU (pinned memory, side stream) "
-        "while the current step runs. Ignored on CPU.",
+        "CUDA only: build and copy the next step's batches to the GPU (pinned memory, side stream) while the current step runs. Ignored on CPU.",
     )
     timeout_s: float = knob(600.0, "Collective timeout: a dead peer ends the run after at most this.")
 
@@ -1023,9 +980,7 @@ def validate(cfg: Config) -> None:
     if not cfg.atjt.recognizer_lrs:
         raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
     if cfg.train.lr < 0 or any(lr < 0 for lr in cfg.atjt.recognizer_lrs):  # 0 = frozen (a probe)
-        raise ConfigError(
-            f"config keys 'train.lr' and 'atjt.recognizer_lrs' must be >= 0, got {cfg.train.lr} and {cfg.atjt.recognizer_lrs}"
-        )
+        raise ConfigError(f"config keys 'train.lr' and 'atjt.recognizer_lrs' must be >= 0, got {cfg.train.lr} and {cfg.atjt.recognizer_lrs}")
     if cfg.train.weight_decay < 0:
         raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {cfg.train.weight_decay}")
     if not 0.0 <= cfg.train.lr_decay_start < 1.0:

@@ -13,16 +13,10 @@ rank 0, one line per table (:class:`ShardingSummary`). Model-parallel tables (ta
 column-wise) are updated by FBGEMM's fused Adagrad inside the backward pass, configured per
 table through ``apply_optimizer_in_backward`` (optim.py); data-parallel tables are replicated
 tensors that TorchRec all-reduces with its own DDP and the dense backend's Adagrad updates.
-Two gaps in TorchRec 1.8 / fbgemm-gpu-cpu 1.8 are closed here:
-
-- data_parallel on CPU: FBGEMM's CPU dense lookup ignores pooling NONE and sums each bag, so a
-  sequence lookup returned [batch x features] rows and TorchRec's split by feature failed
-  (:func:`cpu_dense_lookup_pools`, :func:`fix_cpu_sequence_lookups`).
-- table_row_wise: TorchRec has no table-row-wise sharding for EmbeddingCollection (sequence)
-  tables on any device; on one host it is row-wise over the host's ranks, which is planned
-  (more hosts: a clear error; :func:`_planner_type`). column_wise asks the planner for shards of
-  about dim / world columns (:func:`_column_shard_dim`): its default keeps tables of dim < 128
-  in one piece, i.e. table-wise.
+Where TorchRec 1.8 / fbgemm-gpu-cpu 1.8 fall short (a CPU lookup bug, a sharding type missing for
+sequence tables) the workaround lives in :mod:`atjt_dist.upstream`, to be deleted with the fix.
+column_wise asks the planner for shards of about dim / world columns (:func:`_column_shard_dim`):
+its default keeps tables of dim < 128 in one piece, i.e. table-wise.
 
 Dense parameters: DMP's DDP (``dist.dense=ddp``), or none when a DeepSpeed engine owns them
 (``dist.dense=deepspeed``, optim.DeepSpeedAdagrad), which then reduces their gradients. Only
@@ -43,11 +37,9 @@ sharded tables are not initialised from the unsharded module by TorchRec, and th
 from __future__ import annotations
 
 import datetime
-import functools
 import gc
 import logging
 import os
-import types
 from dataclasses import dataclass
 from typing import Optional
 
@@ -58,6 +50,7 @@ from torch import nn
 
 from .config import DistConfig
 from .faults import restart_safe_store
+from .upstream import fix_cpu_sequence_lookups, planner_sharding_type
 
 log = logging.getLogger(__name__)
 
@@ -199,34 +192,11 @@ def table_sharding_types(tables: list[TableInfo], default: str, overrides: dict[
     names = [t.name for t in tables]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ValueError(
-            f"dist.table_sharding names {', '.join(repr(u) for u in unknown)}, not tables of this model; "
-            f"its tables are: {', '.join(names)}"
-        )
+        raise ValueError(f"dist.table_sharding names {', '.join(repr(u) for u in unknown)}, not tables of this model; its tables are: {', '.join(names)}")
     for name, kind in [("dist.sharding", default)] + [(f"dist.table_sharding.{k}", v) for k, v in overrides.items()]:
         if kind != "auto" and kind not in SHARDING_TYPES:
             raise ValueError(f"{name}={kind!r}: expected auto or one of {', '.join(SHARDING_TYPES)}")
     return {n: overrides.get(n, default) for n in names}
-
-
-def _planner_type(kind: str, ctx: DistContext) -> str:
-    """The sharding type the planner is asked for.
-
-    TorchRec implements table-row-wise sharding only for pooled (bag) tables: the
-    EmbeddingCollection sharder does not list it on any device and ShardedEmbeddingCollection
-    has no sequence table-row-wise sharding. Table-row-wise places a table on one host and
-    splits its rows over that host's ranks; on one host that is exactly row-wise over its ranks
-    (same shard sizes, same input and output distribution), which is what we plan. Across
-    hosts it has no TorchRec implementation for sequence tables, so it is refused.
-    """
-    if kind != "table_row_wise":
-        return kind
-    if ctx.world != ctx.local_world:
-        raise ValueError(
-            "dist.sharding=table_row_wise on several hosts: TorchRec has no table-row-wise sharding for "
-            "EmbeddingCollection (sequence) tables; use row_wise (rows over all ranks) or table_wise"
-        )
-    return "row_wise"
 
 
 def _column_shard_dim(dim: int, world: int) -> int:
@@ -264,7 +234,10 @@ def shard_model(module: nn.Module, ctx: DistContext, cfg: DistConfig) -> tuple[n
     )
     dims = {t.name: t.dim for t in tables}
     constraints = {
-        name: ParameterConstraints(sharding_types=[_planner_type(kind, ctx)], min_partition=_column_shard_dim(dims[name], ctx.world) if kind == "column_wise" else None)
+        name: ParameterConstraints(
+            sharding_types=[planner_sharding_type(kind, ctx.world, ctx.local_world)],
+            min_partition=_column_shard_dim(dims[name], ctx.world) if kind == "column_wise" else None,
+        )
         for name, kind in requested.items()
         if kind != "auto"
     }
@@ -274,7 +247,7 @@ def shard_model(module: nn.Module, ctx: DistContext, cfg: DistConfig) -> tuple[n
     if cfg.dense == "deepspeed":
         wrap = dict(init_data_parallel=False)
     else:
-        # Every dense parameter takes part in every step (atjt.JointModel.idle_dense_parameters),
+        # Every dense parameter takes part in every step (joint.JointModel.idle_dense_parameters),
         # but which recogniser computes changes with the phase: no static graph.
         wrap = dict(data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=False))
     dmp = DistributedModelParallel(module, env=env, device=ctx.device, plan=plan, sharders=sharders, **wrap)
@@ -332,6 +305,7 @@ def misplaced_tensors(module: nn.Module, device: torch.device) -> list[str]:
         return [s.tensor for s in t.local_shards()] if isinstance(t, ShardedTensor) else [t]
 
     named = list(module.named_parameters()) + list(module.named_buffers()) + list(module.state_dict().items())
+
     def elsewhere(x) -> bool:
         return hasattr(x, "device") and (x.device.type != device.type or (device.index is not None and x.device.index != device.index))
 
@@ -388,67 +362,6 @@ def _ranges(ranks: list[int]) -> str:
 
 
 # -- data-parallel tables on CPU ---------------------------------------------------------------
-
-
-@functools.cache
-def cpu_dense_lookup_pools() -> bool:
-    """Whether FBGEMM's CPU dense table-batched lookup ignores PoolingMode.NONE.
-
-    TorchRec runs data-parallel EmbeddingCollection tables through FBGEMM's dense kernel
-    (``DenseTableBatchedEmbeddingBagsCodegen``, pooling NONE = one row per id). fbgemm-gpu-cpu
-    1.8's CPU implementation sums each bag instead, so a sequence lookup of n ids returns
-    [batch x features] pooled rows, and TorchRec's split of the output by feature lengths fails
-    (``split_with_sizes ... [1710, 128, 0, 1710, 128, 128]``: the history's 1710 ids came back as
-    128 sums). With one id per bag the sum is the id's row, which is why a single-id test passes.
-    A probe of two ids in one bag tells whether this build is affected.
-    """
-    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
-
-    probe = DenseTableBatchedEmbeddingBagsCodegen([(2, 4)], pooling_mode=PoolingMode.NONE, use_cpu=True)
-    with torch.no_grad():
-        out = probe(indices=torch.tensor([0, 1]), offsets=torch.tensor([0, 2]))
-    return out.numel() != 2 * 4
-
-
-def _sequence_lookup(self, indices: torch.Tensor, offsets: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: ARG001
-    """Unpooled lookup of a dense table batch: [len(indices), D], one row per id.
-
-    ``offsets`` delimit T x B bags (feature-major); feature f reads table feature_table_map[f],
-    whose rows start at ``hash_size_cumsum[f]`` in the flat weights (all tables of a sequence
-    group share one dimension D). Autograd gives the dense weights their (dense) gradient, as
-    the FBGEMM kernel does.
-    """
-    dims = self.D_offsets[1:] - self.D_offsets[:-1]
-    D = int(dims[0])
-    if not bool((dims == D).all()):
-        raise RuntimeError("sequence tables of one group must share their dimension")
-    T = dims.numel()
-    per_feature = (offsets[1:] - offsets[:-1]).view(T, -1).sum(1)
-    feature = torch.repeat_interleave(torch.arange(T, device=indices.device), per_feature)
-    rows = self.hash_size_cumsum[:-1][feature] + indices.long()
-    return self.weights.view(-1, D).index_select(0, rows)
-
-
-def fix_cpu_sequence_lookups(dmp: nn.Module) -> int:
-    """Give every unpooled CPU dense lookup of ``dmp`` a correct forward (see
-    :func:`cpu_dense_lookup_pools`); a no-op on FBGEMM builds without the bug. Returns the
-    number of lookups patched."""
-    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
-
-    if not cpu_dense_lookup_pools():
-        return 0
-    patched = 0
-    for sharded in dmp.modules():
-        # The lookups of a sharded collection sit in a plain list (data-parallel ones wrapped in
-        # TorchRec's own DDP), out of reach of ``modules()``.
-        for lookup in getattr(sharded, "_lookups", None) or []:
-            for m in lookup.modules():
-                if isinstance(m, DenseTableBatchedEmbeddingBagsCodegen) and m.pooling_mode == PoolingMode.NONE and m.weights.device.type == "cpu":
-                    m.forward = types.MethodType(_sequence_lookup, m)
-                    patched += 1
-    return patched
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .cli import RunError
+from .errors import RunError
 
 #: What the monitor watches, in the order a report names them.
 QUANTITIES = ("loss_rec", "loss_aux", "loss_extra", "loss")

@@ -148,9 +148,7 @@ def _cumulative_discounts(k: int, paper_compat: bool, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def candidate_metric_sums(
-    scores: torch.Tensor, k: int = 5, valid: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
+def candidate_metric_sums(scores: torch.Tensor, k: int = 5, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-rank sums of the per-user metrics of ``scores`` [users, candidates], positive first.
 
     Returns 0-d float64 tensors on ``scores.device``: ``users`` (the number of counted users),
@@ -165,10 +163,7 @@ def candidate_metric_sums(
         raise ValueError(f"scores must be a 2-d tensor [users, candidates], got {shape}")
     users, candidates = scores.shape
     if candidates < 2:
-        raise ValueError(
-            f"scores has {candidates} candidate column(s); it needs the positive (column 0) and "
-            "at least one negative"
-        )
+        raise ValueError(f"scores has {candidates} candidate column(s); it needs the positive (column 0) and at least one negative")
     device = scores.device
     if valid is None:
         valid = torch.ones(users, dtype=torch.bool, device=device)
@@ -255,8 +250,7 @@ def finalize(sums: dict[str, torch.Tensor]) -> dict:
     nan_users = int(float(sums.get("nan_users", 0)))
     if nan_users:
         raise ValueError(
-            f"{nan_users} test user(s) have NaN candidate scores; check the model's outputs "
-            "(a diverged model, or an id out of range) before evaluating"
+            f"{nan_users} test user(s) have NaN candidate scores; check the model's outputs (a diverged model, or an id out of range) before evaluating"
         )
     users = int(float(sums["users"]))
 
@@ -277,9 +271,7 @@ def finalize(sums: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def candidate_metrics(
-    scores: torch.Tensor, k: int = 5, paper_compat: bool = False, valid: torch.Tensor | None = None
-) -> dict[str, float]:
+def candidate_metrics(scores: torch.Tensor, k: int = 5, paper_compat: bool = False, valid: torch.Tensor | None = None) -> dict[str, float]:
     """``{'auc', 'hr@{k}', 'ndcg@{k}'}`` averaged over the (valid) users of this process.
 
     ``scores`` [users, candidates] are logits with the positive in column 0. Standard metrics,
@@ -376,9 +368,7 @@ def popularity_result(result: dict) -> dict:
     paper_compat HR set to NaN (the paper's hit needs P(positive) > 0.5; a count is not a
     probability, and a count > 0 read as a logit would make nearly every top-K a hit)."""
     out = dict(result)
-    out["paper_compat"] = {
-        key: (math.nan if _KEY_RE.match(key) else value) for key, value in result["paper_compat"].items()
-    }
+    out["paper_compat"] = {key: (math.nan if _KEY_RE.match(key) else value) for key, value in result["paper_compat"].items()}
     return out
 
 
@@ -469,10 +459,7 @@ def gather_binary_auc(scores, labels, group=None) -> float:
     all_sizes = torch.stack(all_sizes).cpu()
     mismatched = (all_sizes[:, 0] != all_sizes[:, 1]).nonzero().flatten().tolist()
     if mismatched:
-        raise ValueError(
-            f"gather_binary_auc: scores and labels differ in length on rank(s) {mismatched} "
-            f"(sizes per rank: {all_sizes.tolist()})"
-        )
+        raise ValueError(f"gather_binary_auc: scores and labels differ in length on rank(s) {mismatched} (sizes per rank: {all_sizes.tolist()})")
     longest = int(all_sizes[:, 0].max())
     buf = torch.zeros(2, longest, dtype=torch.float64, device=device)
     buf[0, : s.numel()] = s.to(device=device, dtype=torch.float64)

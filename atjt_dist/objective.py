@@ -170,8 +170,13 @@ def compute_losses(
             mask = tce_keep_mask(logits, labels, rate)
             stats["dropped"] = (~mask).sum().float()
         rec_loss = atjt_kernels.weighted_bce(
-            logits, labels, weights, mask=mask, reduce=_reduce,
-            backend=cfg.objective.loss_backend, min_rows=cfg.objective.loss_triton_min_rows,
+            logits,
+            labels,
+            weights,
+            mask=mask,
+            reduce=_reduce,
+            backend=cfg.objective.loss_backend,
+            min_rows=cfg.objective.loss_triton_min_rows,
         )
         if name == "rce":
             # the authors' mean over rows: self-normalised loss x W / N (global, detached)

@@ -25,7 +25,7 @@ a fused table: ``forward``, ``backward(loss, idle)``, ``step``, ``zero_grad`` an
 
 Idle parameters. Each step leaves some dense parameters without a real gradient (the other
 phases' recognisers; in two-stage training the model not being trained); they take part through
-a zero-weighted touch (atjt.JointModel.idle_dense_parameters) and must not move. With torch
+a zero-weighted touch (joint.JointModel.idle_dense_parameters) and must not move. With torch
 Adagrad their gradients are dropped before the step. ZeRO reduces gradients into its own
 partitioned buffers during the backward, so there is nothing left to drop; instead the engine's
 Adagrad has no weight decay, the L2 term is added to the loss for the step's active parameters
@@ -121,7 +121,9 @@ def _adagrad(named: list[tuple[str, nn.Parameter]], cfg: Config, weight_decay: f
         return None
     return cls(
         [{"params": ps, "lr": lr, "recommender": rec} for (rec, lr), ps in groups.items()],
-        lr=cfg.train.lr, eps=ADAGRAD_EPS, weight_decay=weight_decay,
+        lr=cfg.train.lr,
+        eps=ADAGRAD_EPS,
+        weight_decay=weight_decay,
     )
 
 
@@ -189,8 +191,15 @@ class LazyAdagrad(torch.optim.Optimizer):
                 steps.append(state["step"])
             if params:
                 adagrad(
-                    params, grads, sums, steps, lr=group["lr"], weight_decay=group["weight_decay"],
-                    lr_decay=group["lr_decay"], eps=group["eps"], maximize=False,
+                    params,
+                    grads,
+                    sums,
+                    steps,
+                    lr=group["lr"],
+                    weight_decay=group["weight_decay"],
+                    lr_decay=group["lr_decay"],
+                    eps=group["eps"],
+                    maximize=False,
                 )
         return None
 
@@ -203,11 +212,11 @@ class LazyAdagrad(torch.optim.Optimizer):
 class DenseBackend:
     """The dense parameters' side of a training step (see the module docstring)::
 
-        out = dense.forward(rec, aux, phase, stage)   # the sharded model (through DeepSpeed's engine)
-        ... losses ...
-        dense.backward(loss, idle)                     # tables update inside (fused optimiser)
-        dense.step()
-        dense.zero_grad()
+    out = dense.forward(rec, aux, phase, stage)   # the sharded model (through DeepSpeed's engine)
+    ... losses ...
+    dense.backward(loss, idle)                     # tables update inside (fused optimiser)
+    dense.step()
+    dense.zero_grad()
     """
 
     def forward(self, *args, **kwargs) -> Any:
@@ -398,7 +407,6 @@ class DeepSpeedAdagrad(DenseBackend):
         number of processes (the engine's own checkpoints, :meth:`save_checkpoint`, are the
         portable form)."""
         import torch.distributed as dist
-
         from torch.utils._pytree import tree_map
 
         return {
@@ -415,9 +423,7 @@ class DeepSpeedAdagrad(DenseBackend):
 
         rank, world = dist.get_rank(), dist.get_world_size()
         if state["world"] != world or state["rank"] != rank:
-            raise ValueError(
-                f"DeepSpeed dense state of rank {state['rank']} of {state['world']} cannot load into rank {rank} of {world}"
-            )
+            raise ValueError(f"DeepSpeed dense state of rank {state['rank']} of {state['world']} cannot load into rank {rank} of {world}")
         shards = [None] * world
         shards[rank] = state["engine"]
         if hasattr(self.optimizer, "single_partition_of_fp32_groups"):  # ZeRO 1 and 2: partitioned

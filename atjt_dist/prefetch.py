@@ -17,7 +17,7 @@ pipeline's rewrite would find no pipelineable input distribution, leaving only i
 which is what this module does, with our backward and step unchanged. The input distribution
 (the all-to-alls of the ids) therefore stays in the step.
 
-The batches of a step are a pure function of its plan (atjt.Schedule), so prefetching changes
+The batches of a step are a pure function of its plan (schedule.Schedule), so prefetching changes
 nothing in what a step computes.
 """
 

@@ -262,7 +262,13 @@ def pretrain(cfg: Config) -> Path:
     steps = math.ceil(len(samples) / s.pretrain_batch_size)
     log.info(
         "S3Rec pre-training on %s: %d training users, %d sequences, %d steps x %d epochs on %s; run directory %s",
-        data.arrays.path, len(data.train_users), len(samples), steps, s.pretrain_epochs, device, run_dir,
+        data.arrays.path,
+        len(data.train_users),
+        len(samples),
+        steps,
+        s.pretrain_epochs,
+        device,
+        run_dir,
     )
     writer = MetricsWriter(run_dir, enabled=True)
     # Progress: a bar on a terminal (train.progress_bar), and a step line every train.log_every
@@ -303,7 +309,14 @@ def pretrain(cfg: Config) -> Path:
             writer.write("pretrain", epoch=epoch + 1, step=(epoch + 1) * steps, sequences_per_s=len(samples) / elapsed, **record)
             log.info(
                 "pretrain epoch %d/%d | loss %.4f | AAP %.4f | MIP %.4f | MAP %.4f | SP %.4f | %.0f sequences/s",
-                epoch + 1, s.pretrain_epochs, record["loss"], record["aap"], record["mip"], record["map"], record["sp"], len(samples) / elapsed,
+                epoch + 1,
+                s.pretrain_epochs,
+                record["loss"],
+                record["aap"],
+                record["mip"],
+                record["map"],
+                record["sp"],
+                len(samples) / elapsed,
             )
     finally:
         writer.close()
@@ -340,7 +353,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.pretrain", __doc__.strip().splitlines()[0])
+    return run_cli(_main, argv, "python -m atjt_dist.pretrain", __doc__)
 
 
 if __name__ == "__main__":

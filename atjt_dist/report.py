@@ -148,10 +148,7 @@ def load_runs(paths: list[Path]) -> list[Run]:
         elif _is_run_dir(path):
             runs.append(load_run(path))
         else:
-            raise ReportError(
-                f"{path} is neither a run directory (metrics.jsonl or metrics.json) nor a compare "
-                "directory (compare.json)"
-            )
+            raise ReportError(f"{path} is neither a run directory (metrics.jsonl or metrics.json) nor a compare directory (compare.json)")
     if not runs:
         raise ReportError(f"no runs found in {', '.join(map(str, paths))}")
     one_model = len({r.model for r in runs}) == 1
@@ -211,9 +208,14 @@ def mean_std(values: list) -> tuple[float, float]:
 def metric_keys(runs: list[Run]) -> list[tuple[str, str]]:
     """(label, key path) of the test metrics the runs have, in table order."""
     k = runs[0].k
-    keys = [("AUC", "auc"), (f"HR@{k}", f"hr@{k}"), (f"NDCG@{k}", f"ndcg@{k}"),
-            (f"HR@{k} (paper)", f"paper_compat/hr@{k}"), (f"NDCG@{k} (paper)", f"paper_compat/ndcg@{k}"),
-            ("noise AUC", "noise_weight_auc")]
+    keys = [
+        ("AUC", "auc"),
+        (f"HR@{k}", f"hr@{k}"),
+        (f"NDCG@{k}", f"ndcg@{k}"),
+        (f"HR@{k} (paper)", f"paper_compat/hr@{k}"),
+        (f"NDCG@{k} (paper)", f"paper_compat/ndcg@{k}"),
+        ("noise AUC", "noise_weight_auc"),
+    ]
     return [(label, key) for label, key in keys if any(_metric(r, key) is not None for r in runs)]
 
 
@@ -288,7 +290,7 @@ def plot_training_curves(runs: list[Run], path: Path) -> dict:
         if not train:
             continue
         series = drawn.setdefault(run.name, {})
-        for ax, (title, keys) in zip(axes.flat, CURVES.items()):
+        for ax, keys in zip(axes.flat, CURVES.values()):
             for key, style in zip(keys, ("-", "--")):
                 points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
                 if not points:
@@ -307,7 +309,7 @@ def plot_training_curves(runs: list[Run], path: Path) -> dict:
             for run, colour in zip(runs, colours):
                 for step in drawn["phase_ends"].get(run.name, []):
                     ax.axvline(step, color=colour, linestyle=":", linewidth=1, alpha=0.6)
-    for ax, (title, keys) in zip(axes.flat, CURVES.items()):
+    for ax, title in zip(axes.flat, CURVES):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -378,8 +380,9 @@ def plot_weight_histograms(runs: list[Run], family: str, path: Path) -> dict:
             _draw_pair(ax, pair, ("clean", "noisy"), FAMILY_LABELS[family])
             ax.set_title(f"{name}: {key}", fontsize=9)
             ax.set_ylabel("density")
-    what = {"corrupted": "the recogniser's P(clean) on its clean vs corrupted rows",
-            "planted": "the weights of clean vs planted-noise users' sequences"}[family]
+    what = {"corrupted": "the recogniser's P(clean) on its clean vs corrupted rows", "planted": "the weights of clean vs planted-noise users' sequences"}[
+        family
+    ]
     fig.suptitle(f"Per phase (last epoch): {what}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -406,12 +409,14 @@ def plot_user_weights(runs: list[Run], path: Path) -> dict:
     cols = min(len(data), 3)
     rows = math.ceil(len(data) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(data):]:
+    for ax in axes.flat[len(data) :]:
         ax.axis("off")
     for ax, (name, hists) in zip(axes.flat, data.items()):
         if "all" in hists:
             h = hists["all"]
-            ax.stairs(_density(h["counts"], h["edges"]), h["edges"], color="tab:blue", label=f"all users (n={sum(h['counts']):.0f}, mean {histogram_mean(h):.3f})")
+            ax.stairs(
+                _density(h["counts"], h["edges"]), h["edges"], color="tab:blue", label=f"all users (n={sum(h['counts']):.0f}, mean {histogram_mean(h):.3f})"
+            )
             ax.set_xlim(0, 1)
             ax.set_xlabel("P(clean)")
             ax.legend(fontsize=7)
@@ -579,22 +584,41 @@ def build_report(paths: list[Path], output: Optional[Path] = None) -> Report:
             "",
         ]
     sections = (
-        ("weight_hist_corrupted", "Weights per phase: clean vs corrupted recogniser rows",
-         "The phase's recogniser on its own corrupted batches during the phase's last epoch.", FAMILY_LABELS["corrupted"]),
-        ("weight_hist_planted", "Weights per phase: clean vs planted-noise users",
-         ("The weights w_i that multiplied the recommender's loss during the phase's last epoch, by "
-          "the planted-noise ground truth of the sequence's user."), FAMILY_LABELS["planted"]),
+        (
+            "weight_hist_corrupted",
+            "Weights per phase: clean vs corrupted recogniser rows",
+            "The phase's recogniser on its own corrupted batches during the phase's last epoch.",
+            FAMILY_LABELS["corrupted"],
+        ),
+        (
+            "weight_hist_planted",
+            "Weights per phase: clean vs planted-noise users",
+            ("The weights w_i that multiplied the recommender's loss during the phase's last epoch, by the planted-noise ground truth of the sequence's user."),
+            FAMILY_LABELS["planted"],
+        ),
     )
     for name, title, text, labels in sections:
         if name in plots:
-            md += [f"## {title}", "", text + " AUC (binned): P(clean > noisy) from the histograms.", "",
-                   _histogram_table(data[name], labels), f"![{title}]({name}.png)", ""]
+            md += [
+                f"## {title}",
+                "",
+                text + " AUC (binned): P(clean > noisy) from the histograms.",
+                "",
+                _histogram_table(data[name], labels),
+                f"![{title}]({name}.png)",
+                "",
+            ]
     if "user_weights" in plots:
-        md += ["## Training users' weights after training", "",
-               ("Every training user's weight P(clean) from the recogniser that did not train on it "
-                "(weights.parquet in the run directory)."), ""]
-        rows = ["| run | users | mean, all users | mean, clean users | mean, planted-noise users | AUC (binned) |",
-                "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        md += [
+            "## Training users' weights after training",
+            "",
+            ("Every training user's weight P(clean) from the recogniser that did not train on it (weights.parquet in the run directory)."),
+            "",
+        ]
+        rows = [
+            "| run | users | mean, all users | mean, clean users | mean, planted-noise users | AUC (binned) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for run_name, hists in data["user_weights"].items():
             parts = [hists[k] for k in ("all", "clean", "noisy") if k in hists]
             n = sum(sum(h["counts"]) for h in parts)

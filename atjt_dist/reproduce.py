@@ -53,6 +53,7 @@ from .cli import run_cli
 from .compare import METHODS, _pop_list
 from .config import Config, ConfigError, build_config
 from .data.layout import DatasetError, read_meta
+
 # The popularity ranker lives with the metrics (Trainer.evaluate scores it too); re-exported here.
 from .metrics import popularity_metrics, training_popularity  # noqa: F401
 from .runlog import setup_logging, write_json
@@ -327,8 +328,18 @@ def _main(argv: list[str]) -> int:
                     setup_logging(None, ctx.is_main)  # the trainer pointed the log at its run directory
                     runs[dataset][model][method][seed] = metrics
                     if ctx.is_main:
-                        log.info("[%d/%d] %s: auc %.4f hr@%d %.4f ndcg@%d %.4f (%.0f s)", done, total, run_dir,
-                                 metrics["auc"], k, metrics[f"hr@{k}"], k, metrics[f"ndcg@{k}"], metrics["seconds"])
+                        log.info(
+                            "[%d/%d] %s: auc %.4f hr@%d %.4f ndcg@%d %.4f (%.0f s)",
+                            done,
+                            total,
+                            run_dir,
+                            metrics["auc"],
+                            k,
+                            metrics[f"hr@{k}"],
+                            k,
+                            metrics[f"ndcg@{k}"],
+                            metrics["seconds"],
+                        )
         if ctx.is_main:
             write_results(root, runs, configs, methods, seeds, k, command)
     finally:
@@ -344,9 +355,16 @@ def write_results(root: Path, runs: dict, configs: dict, methods: list[str], see
             popularity[dataset] = popularity_metrics(cfg.data.path, cfg.data.split, cfg.data.fold, k)
     summary = summarise(runs, k)
     tables = markdown_tables(summary, popularity, methods, k)
-    text = [f"# Reproduction grid: {', '.join(runs)} x {', '.join(next(iter(runs.values())))}", "",
-            f"Methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds.", "",
-            f"    {command}", "", tables, comparison_lines(summary, methods, k)]
+    text = [
+        f"# Reproduction grid: {', '.join(runs)} x {', '.join(next(iter(runs.values())))}",
+        "",
+        f"Methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds.",
+        "",
+        f"    {command}",
+        "",
+        tables,
+        comparison_lines(summary, methods, k),
+    ]
     weak = below_popularity(summary, popularity, k)
     if weak:
         text += ["", "Runs that do not beat the popularity ranker (investigate before reporting):", ""] + [f"- {w}" for w in weak]
@@ -363,8 +381,10 @@ def write_results(root: Path, runs: dict, configs: dict, methods: list[str], see
         "popularity": popularity,
         "runs": [
             {"dataset": d, "model": m, "method": meth, "seed": s, "run_dir": str(root / d / m / f"{meth}-seed{s}"), "metrics": metrics}
-            for d, by_model in runs.items() for m, by_method in by_model.items()
-            for meth, by_seed in by_method.items() for s, metrics in sorted(by_seed.items())
+            for d, by_model in runs.items()
+            for m, by_method in by_model.items()
+            for meth, by_seed in by_method.items()
+            for s, metrics in sorted(by_seed.items())
         ],
     }
     write_json(root / "results.json", data)
@@ -375,7 +395,7 @@ def write_results(root: Path, runs: dict, configs: dict, methods: list[str], see
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.reproduce", __doc__.strip().splitlines()[0])
+    return run_cli(_main, argv, "python -m atjt_dist.reproduce", __doc__)
 
 
 if __name__ == "__main__":

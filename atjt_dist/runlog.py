@@ -318,10 +318,7 @@ class WeightHistograms:
             if acc[f : f + 2, : self.bins].sum() == 0:
                 continue
             family = self.FAMILIES[f][0]
-            out[family] = {
-                self.FAMILIES[g][1]: Histogram(edges, acc[g, : self.bins].tolist(), float(acc[g, -2]), float(acc[g, -1]))
-                for g in (f, f + 1)
-            }
+            out[family] = {self.FAMILIES[g][1]: Histogram(edges, acc[g, : self.bins].tolist(), float(acc[g, -2]), float(acc[g, -1])) for g in (f, f + 1)}
         return out
 
 
@@ -374,6 +371,25 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_clean(data), indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def duration_text(seconds: float) -> str:
+    """'45s', '12m05s' or '3h07m'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def eta_text(start_time: float, start_step: int, step: int, total: int, now: float) -> str:
+    """'elapsed X, eta Y' of a loop that was at ``start_step`` at ``start_time`` and is at ``step``
+    of ``total`` at ``now`` (the step lines' progress where no terminal shows a bar)."""
+    elapsed = now - start_time
+    done = step - start_step
+    eta = elapsed / done * (total - step) if done > 0 else float("nan")
+    return f"elapsed {duration_text(elapsed)}, eta {duration_text(eta) if eta == eta else '?'}"
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -130,7 +130,7 @@ def _checkpoint_sizes(path: Path, kind: str) -> dict[str, tuple[int, ...]]:
     sizes = {}
     for key, value in meta.state_dict_metadata.items():
         if key.startswith(prefix) and hasattr(value, "size"):
-            sizes[key[len(prefix):]] = tuple(value.size)
+            sizes[key[len(prefix) :]] = tuple(value.size)
     return sizes
 
 
@@ -217,9 +217,7 @@ def window_columns(data, users: np.ndarray, raw_items: pa.Array) -> tuple[pa.Arr
     return history.cast(pa.list_(pa.string())), target, (pos + 1).astype(np.int32)
 
 
-def build_table(
-    trainer, users: np.ndarray, weights: np.ndarray, raw_users: pa.Array, raw_items: pa.Array, item_noise: Optional[np.ndarray] = None
-) -> pa.Table:
+def build_table(trainer, users: np.ndarray, weights: np.ndarray, raw_users: pa.Array, raw_items: pa.Array, item_noise: Optional[np.ndarray] = None) -> pa.Table:
     """The scores table, sorted by suspicion (lowest weight first, then user id);
     ``item_noise`` [n, L] (the item-level recogniser's P(noisy) of each window's history items,
     oldest first, aligned with ``users``) adds the ``item_noise`` column."""

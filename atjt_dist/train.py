@@ -4,8 +4,9 @@ With no arguments: the embedded default (synthetic data with planted noise, DIN,
 Under torchrun every process runs this same entry point; rank 0 prints and writes.
 
 The printed table has the model's row and, under it, the popularity ranker's on the same test
-candidates (on data with planted noise, a line on what the ATJT weights found follows it); a model whose AUC is not above the ranker's gets one warning line (stderr and
-train.log), since its other numbers then say little.
+candidates (on data with planted noise, a line on what the ATJT weights found follows it); a
+model whose AUC is not above the ranker's gets one warning line (stderr and train.log), since
+its other numbers then say little.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import sys
 
 from .cli import run_cli
 from .config import build_config
-from .runlog import metrics_table, popularity_warning
-from .trainer import run_training
 
 
 def _main(argv: list[str]) -> int:
+    # imported here, not at the top: --help (run_cli) answers without loading torch
+    from .runlog import metrics_table, popularity_warning
+    from .trainer import run_training
+
     cfg = build_config(argv)
     # Resumes from RUN_DIR/checkpoints with --resume or under a torchrun restart; a dead peer
     # gives one line and a non-zero exit, not a hang.
@@ -41,7 +44,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (atjt-train)."""
-    return run_cli(_main, argv, "python -m atjt_dist.train", __doc__.strip().splitlines()[0])
+    return run_cli(_main, argv, "python -m atjt_dist.train", __doc__)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The Trainer: builds a run from a Config, trains it step by step, evaluates it.
 
     trainer = Trainer(cfg)          # process group, data, model (sharded), optimisers
-    trainer.train()                 # the schedule of atjt.Schedule, logging on rank 0
+    trainer.train()                 # the schedule of schedule.Schedule, logging on rank 0
     metrics = trainer.evaluate()    # exact test metrics over the stored candidates
     trainer.close()
 
@@ -25,21 +25,22 @@ from typing import Optional
 
 import torch
 
-from .atjt import RECOGNIZER_ONLY, JointModel, Schedule, StepPlan
 from .checkpoint import Checkpoints, rewind_metrics
+from .collectives import global_sum
 from .config import Config, ConfigError, dump_yaml
 from .data.dataset import TrainingData
 from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
 from .faults import FaultHooks, LossMonitor, NonFiniteLossError, elastic_restart_count, leave_broken_group, peer_failure
-from .collectives import global_sum
+from .joint import JointModel
 from .metrics import CandidateMetrics, gather_binary_auc, popularity_result, popularity_scores, training_popularity
-from .objective import Losses, compute_losses, objective_name
-from .prefetch import prefetch_plans, step_batches
 from .models import ModelSpec, SequentialRecommender
 from .models.batch import SequenceBatch
 from .models.layers import dice_layers, dropout_rows, dropout_step, population_statistics
+from .objective import Losses, compute_losses, objective_name
 from .optim import build_optimizers, learning_rate, lr_decay_factor, set_recommender_lr
-from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, progress_bar, record_user_weights, setup_logging, use_tensorboard, write_json
+from .prefetch import prefetch_plans, step_batches
+from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, eta_text, progress_bar, record_user_weights, setup_logging, use_tensorboard, write_json
+from .schedule import RECOGNIZER_ONLY, Schedule, StepPlan
 
 log = logging.getLogger("atjt_dist")
 
@@ -102,7 +103,11 @@ class _WindowStats:
         for key in ("loss", "loss_rec", "loss_aux", "loss_extra", "dropped"):
             if key in totals:
                 record[key] = totals[key] / n
-        for name, (num, den) in {"weight_mean": ("weight_sum", "weight_n"), "w_clean": ("w_clean_sum", "w_clean_n"), "w_noisy": ("w_noisy_sum", "w_noisy_n")}.items():
+        for name, (num, den) in {
+            "weight_mean": ("weight_sum", "weight_n"),
+            "w_clean": ("w_clean_sum", "w_clean_n"),
+            "w_noisy": ("w_noisy_sum", "w_noisy_n"),
+        }.items():
             if den in totals and totals[den] > 0:
                 record[name] = totals[num] / totals[den]
         if self.aux_scores:
@@ -135,9 +140,16 @@ class Trainer:
         data_path = resolve_data_path(cfg, self.ctx)
         d = cfg.data
         self.data = TrainingData(
-            data_path, split=d.split, fold=d.fold, history_length=d.history_length, mode=d.mode,
-            negative_sampler=d.negative_sampler, popularity_exponent=d.popularity_exponent,
-            seed=cfg.seed, rank=self.ctx.rank, world=self.ctx.world,
+            data_path,
+            split=d.split,
+            fold=d.fold,
+            history_length=d.history_length,
+            mode=d.mode,
+            negative_sampler=d.negative_sampler,
+            popularity_exponent=d.popularity_exponent,
+            seed=cfg.seed,
+            rank=self.ctx.rank,
+            world=self.ctx.world,
         )
         self.schedule = Schedule(self.data, cfg)
         meta = self.data.meta
@@ -167,13 +179,23 @@ class Trainer:
             log.info("run directory %s", self.run_dir)
             log.info(
                 "data %s: %d users (%d train, %d test), %d items, %d categories; %d processes on %s",
-                data_path, meta["num_users"], len(self.data.train_users), len(self.data.test_users),
-                meta["num_items"], meta["num_categories"], self.ctx.world, self.ctx.device,
+                data_path,
+                meta["num_users"],
+                len(self.data.train_users),
+                len(self.data.test_users),
+                meta["num_items"],
+                meta["num_categories"],
+                self.ctx.world,
+                self.ctx.device,
             )
             log.info("sharding plan:\n%s", self.plan)
             log.info(
                 "%s: %d phases x %d epochs, %d steps; %d samples dropped as incomplete last batches",
-                self.method, len(self.schedule.phases), cfg.train.epochs, self.total_steps(), self.schedule.dropped_samples,
+                self.method,
+                len(self.schedule.phases),
+                cfg.train.epochs,
+                self.total_steps(),
+                self.schedule.dropped_samples,
             )
         self._init_checkpoints()
 
@@ -223,6 +245,7 @@ class Trainer:
         hist = WeightHistograms(cfg.log.weight_hist_bins, cfg.train.epochs, self.ctx.device, self.noise_users)
         last: Optional[StepPlan] = None
         bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
+        self._clock = (time.monotonic(), self.step)  # for the step lines' ETA
         self.model.train()
         plans = prefetch_plans(self.schedule.steps(), self.step, total)
         cpu = torch.device("cpu")
@@ -279,6 +302,7 @@ class Trainer:
                 if key in record:
                     parts.append(f"{label} {record[key]:.4f}")
             parts.append(f"{record['samples_per_s']:.0f} samples/s")
+            parts.append(eta_text(*self._clock, self.step, self.total_steps(), time.monotonic()))
             line = " | ".join(parts)
             if bar is not None:
                 bar.write(line)
@@ -472,7 +496,8 @@ class Trainer:
         if restarts and not self.cfg.run_dir and self.ctx.is_main:
             log.warning(
                 "torchrun restarted the workers (restart %d) without --run-dir: this attempt writes a new run "
-                "directory and starts from scratch; give --run-dir to resume restarted runs", restarts,
+                "directory and starts from scratch; give --run-dir to resume restarted runs",
+                restarts,
             )
         found = self.checkpoints.find_resumable()
         if found is None:
@@ -488,8 +513,14 @@ class Trainer:
             rewind_metrics(self.metrics_log.path, record.get("metrics_jsonl_bytes"))
             log.info(
                 "resumed from %s: step %d/%d (phase %s, epoch %s), saved by %d process(es), now %d%s",
-                path, self.step, self.total_steps(), record.get("phase"), record.get("epoch"), record["world_size"],
-                self.ctx.world, "" if record["world_size"] == self.ctx.world else " (tables resharded)",
+                path,
+                self.step,
+                self.total_steps(),
+                record.get("phase"),
+                record.get("epoch"),
+                record["world_size"],
+                self.ctx.world,
+                "" if record["world_size"] == self.ctx.world else " (tables resharded)",
             )
 
     def _checkpoint_due(self, total: int) -> bool:

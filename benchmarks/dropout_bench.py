@@ -31,12 +31,12 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import torch  # noqa: E402
+from machine_info import machine_line, versions_line  # noqa: E402
 
 from atjt_dist.config import build_config  # noqa: E402
 from atjt_dist.distributed import DistConfig, init_distributed, shutdown  # noqa: E402
 from atjt_dist.models import layers  # noqa: E402
 from atjt_dist.trainer import Trainer, resolve_data_path  # noqa: E402
-from machine_info import machine_line, versions_line  # noqa: E402
 
 KEYED_MASK = layers.keep_mask
 
@@ -79,8 +79,14 @@ def bench_layer(args) -> dict:
 
 def bench_step(args, ctx, tmp: str) -> tuple[dict, str]:
     common = [
-        "--model.name=din", "--train.batch_size=512", "--atjt.recognizer_batch_size=256", "--data.history_length=19",
-        "--no-train.progress_bar", "--no-log.tensorboard", "--atjt.recognizer_warmup_steps=0", "--atjt.enabled=true",
+        "--model.name=din",
+        "--train.batch_size=512",
+        "--atjt.recognizer_batch_size=256",
+        "--data.history_length=19",
+        "--no-train.progress_bar",
+        "--no-log.tensorboard",
+        "--atjt.recognizer_warmup_steps=0",
+        "--atjt.enabled=true",
     ]
     if args.data:
         common.append(f"--data.path={args.data}")
@@ -155,9 +161,17 @@ def main(argv=None) -> int:
         f"| step: ATJT train_step, DIN + din recogniser | {ms(so_w)} / {ms(so_c)} | {ms(sk_w)} / {ms(sk_c)} | "
         f"{sk_w / so_w:.3f}x / {sk_c / so_c:.3f}x | {ms(sf_w)} / {ms(sf_c)} |",
         "",
-        "CPU ms per block (old | keyed): layer " + ", ".join(ms(c) for _, c in layer["old"]) + " | "
-        + ", ".join(ms(c) for _, c in layer["keyed"]) + "; step " + ", ".join(f"{1000 * c:.0f}" for _, c in step["old"]) + " | "
-        + ", ".join(f"{1000 * c:.0f}" for _, c in step["keyed"]) + " (off: " + ", ".join(f"{1000 * c:.0f}" for _, c in step["off"]) + ")",
+        "CPU ms per block (old | keyed): layer "
+        + ", ".join(ms(c) for _, c in layer["old"])
+        + " | "
+        + ", ".join(ms(c) for _, c in layer["keyed"])
+        + "; step "
+        + ", ".join(f"{1000 * c:.0f}" for _, c in step["old"])
+        + " | "
+        + ", ".join(f"{1000 * c:.0f}" for _, c in step["keyed"])
+        + " (off: "
+        + ", ".join(f"{1000 * c:.0f}" for _, c in step["off"])
+        + ")",
         "",
     ]
     text = "\n".join(lines)

@@ -12,7 +12,7 @@ it can and says, part by part, what it could not:
 2. ``prefetch``: ``atjt_dist.prefetch.DevicePrefetcher`` on CUDA (``dist.pipeline``): the
    batches arrive on the GPU equal to the host ones, in order, through pinned memory and a
    side stream.
-3. ``step``: the training step's dense part, real code (atjt.JointModel with DIN and the
+3. ``step``: the training step's dense part, real code (joint.JointModel with DIN and the
    recognisers, objective.compute_losses with the Triton loss, torch Adagrad, the idle
    parameters' grads dropped), with TorchRec's EmbeddingCollection replaced by a plain-torch
    stand-in (one nn.Embedding per table, same KeyedJaggedTensor interface) when TorchRec is
@@ -191,12 +191,13 @@ def check_nccl(device: torch.device) -> dict:
 
 def _setup(args, device: torch.device):
     """Config, data, schedule, model and optimiser of a small real run (DIN with ATJT)."""
-    from atjt_dist.atjt import JointModel, Schedule
     from atjt_dist.config import Config
     from atjt_dist.data.dataset import TrainingData
     from atjt_dist.data.synthetic import ensure_dataset
     from atjt_dist.distributed import place_dense
+    from atjt_dist.joint import JointModel
     from atjt_dist.models import ModelSpec
+    from atjt_dist.schedule import Schedule
 
     cfg = Config()
     cfg.train.batch_size = cfg.atjt.recognizer_batch_size = args.batch
@@ -206,8 +207,16 @@ def _setup(args, device: torch.device):
     path = ensure_dataset(cfg.data.synthetic)
     d = cfg.data
     data = TrainingData(
-        path, split=d.split, fold=d.fold, history_length=d.history_length, mode=d.mode, negative_sampler=d.negative_sampler,
-        popularity_exponent=d.popularity_exponent, seed=cfg.seed, rank=0, world=1,
+        path,
+        split=d.split,
+        fold=d.fold,
+        history_length=d.history_length,
+        mode=d.mode,
+        negative_sampler=d.negative_sampler,
+        popularity_exponent=d.popularity_exponent,
+        seed=cfg.seed,
+        rank=0,
+        world=1,
     )
     schedule = Schedule(data, cfg)
     meta = data.meta
@@ -219,8 +228,8 @@ def _setup(args, device: torch.device):
 
 
 def _host_batches(schedule, plan):
-    from atjt_dist.atjt import RECOGNIZER_ONLY
     from atjt_dist.models.batch import SequenceBatch
+    from atjt_dist.schedule import RECOGNIZER_ONLY
 
     rec = None if plan.stage == RECOGNIZER_ONLY else SequenceBatch.from_arrays(schedule.recommender_batch(plan))
     aux_arrays = schedule.recognizer_batch(plan)
@@ -283,7 +292,13 @@ def check_step(cfg, schedule, model, optimizer, device: torch.device, steps: int
     sync()
     on = time.perf_counter() - t0
     half = rows / 2
-    return {"status": "ok", "steps_each": steps, "rows_per_step": 2 * cfg.train.batch_size, "samples_per_s_pipeline_off": half / off, "samples_per_s_pipeline_on": half / on}
+    return {
+        "status": "ok",
+        "steps_each": steps,
+        "rows_per_step": 2 * cfg.train.batch_size,
+        "samples_per_s_pipeline_off": half / off,
+        "samples_per_s_pipeline_on": half / on,
+    }
 
 
 def check_placement(model, device: torch.device) -> dict:
@@ -294,7 +309,12 @@ def check_placement(model, device: torch.device) -> dict:
 
     wrong = misplaced_tensors(model, device)
     buffers = [n for n, _ in model.named_buffers()]
-    return {"status": "ok" if not wrong else "failed", "tensors": len(list(model.parameters())) + len(buffers), "buffers": len(buffers), "not_on_device": wrong[:20]}
+    return {
+        "status": "ok" if not wrong else "failed",
+        "tensors": len(list(model.parameters())) + len(buffers),
+        "buffers": len(buffers),
+        "not_on_device": wrong[:20],
+    }
 
 
 def check_loss_backends(cfg, schedule, model, device: torch.device) -> dict:

@@ -100,8 +100,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if not torch.cuda.is_available():
-        print("kernel_bench: no CUDA device here; this benchmark measures the Triton kernel on a GPU. "
-              "Nothing was written.", file=sys.stderr)
+        print("kernel_bench: no CUDA device here; this benchmark measures the Triton kernel on a GPU. Nothing was written.", file=sys.stderr)
         return 2
 
     import triton
@@ -112,6 +111,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     dev = torch.cuda.get_device_properties(0)
     peak, peak_src = peak_bandwidth(dev.name, args.peak_gbs)
+
     def triton_fn(x, y, w):
         return atjt_kernels.weighted_bce(x, y, w, backend="triton")
 
@@ -151,8 +151,7 @@ def main(argv=None) -> int:
             print(_row_text(row, peak), flush=True)
 
     cmd = "python benchmarks/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = _report(rows, dev, peak, peak_src, compile_note, cmd.strip(), skipped, failures,
-                     time.perf_counter() - start, triton.__version__)
+    report = _report(rows, dev, peak, peak_src, compile_note, cmd.strip(), skipped, failures, time.perf_counter() - start, triton.__version__)
     print(report)
     if args.output:
         Path(args.output).write_text(report)
@@ -192,9 +191,11 @@ def _verdict(ok: bool) -> str:
 def _row_text(row, peak):
     g = _gbs(row, "triton")
     share = None if (g is None or peak is None) else g / peak
-    return (f"{row['dtype']} 2^{row['log2']}: triton {_fmt(row.get('triton'), '.4f')} ms ({_fmt(g, ',.0f')} GB/s, "
-            f"{_fmt(share and 100 * share, '.0f', '%')} of peak), eager {_fmt(row.get('eager'), '.4f')} ms, "
-            f"compile {_fmt(row.get('compile'), '.4f')} ms, check {row['check']:.1e}")
+    return (
+        f"{row['dtype']} 2^{row['log2']}: triton {_fmt(row.get('triton'), '.4f')} ms ({_fmt(g, ',.0f')} GB/s, "
+        f"{_fmt(share and 100 * share, '.0f', '%')} of peak), eager {_fmt(row.get('eager'), '.4f')} ms, "
+        f"compile {_fmt(row.get('compile'), '.4f')} ms, check {row['check']:.1e}"
+    )
 
 
 def _report(rows, dev, peak, peak_src, compile_note, cmd, skipped, failures, elapsed, triton_version) -> str:
@@ -205,8 +206,7 @@ def _report(rows, dev, peak, peak_src, compile_note, cmd, skipped, failures, ela
         f"Run: {time.strftime('%Y-%m-%d %H:%M')} in {elapsed:.0f} s  ",
         f"Device: {dev.name}, {dev.multi_processor_count} SMs, {dev.total_memory / 2**30:.0f} GiB; peak DRAM bandwidth "
         f"{_fmt(peak, ',.0f')} GB/s ({peak_src})  ",
-        f"Versions: Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"triton {triton_version}  ",
+        f"Versions: Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}  ",
         f"compile column: {compile_note}",
         "",
         "Time: median of triton.testing.do_bench (L2 flushed between runs) for one forward + backward "
@@ -252,8 +252,12 @@ def _report(rows, dev, peak, peak_src, compile_note, cmd, skipped, failures, ela
     for tag in dict.fromkeys(r["dtype"] for r in rows):
         n = crossover_rows(r for r in rows if r["dtype"] == tag)
         lines.append(
-            f"- {tag}: " + ("the kernel is not faster than torch eager at any measured N" if n is None else
-                            f"faster than torch eager from N = 2^{n.bit_length() - 1} = {n:,} rows on (at every larger N measured)")
+            f"- {tag}: "
+            + (
+                "the kernel is not faster than torch eager at any measured N"
+                if n is None
+                else f"faster than torch eager from N = 2^{n.bit_length() - 1} = {n:,} rows on (at every larger N measured)"
+            )
         )
     lines.append(f"- the threshold in use: atjt_kernels.TRITON_MIN_ROWS = {_min_rows():,} rows")
     if skipped:

@@ -141,10 +141,6 @@ def worker(out_dir: Path, train_args: list[str], warm_steps: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-
-
-
-
 def _windows(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("kind") == "train"]
@@ -153,16 +149,35 @@ def _windows(run_dir: Path) -> list[dict]:
 def run_method(method: str, args, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_args = [
-        f"--data.path={args.data}", "--data.mode=sliding", f"--train.batch_size={args.batch}",
-        f"--atjt.recognizer_batch_size={args.batch}", "--train.epochs=1", f"--train.log_every={args.log_every}",
-        "--no-train.progress_bar", "--checkpoint.every=0", f"--atjt.enabled={'true' if method == 'atjt' else 'false'}",
-        f"--run-dir={out / 'run'}", f"--model.name={args.model}",
+        f"--data.path={args.data}",
+        "--data.mode=sliding",
+        f"--train.batch_size={args.batch}",
+        f"--atjt.recognizer_batch_size={args.batch}",
+        "--train.epochs=1",
+        f"--train.log_every={args.log_every}",
+        "--no-train.progress_bar",
+        "--checkpoint.every=0",
+        f"--atjt.enabled={'true' if method == 'atjt' else 'false'}",
+        f"--run-dir={out / 'run'}",
+        f"--model.name={args.model}",
     ]
     steps = args.atjt_steps if (method == "atjt" and args.atjt_steps is not None) else args.steps
     if steps:
         train_args.append(f"--train.max_steps={steps}")
     script = Path(__file__).resolve().relative_to(REPO)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", str(script), "--worker", str(out), str(args.log_every), "--", *train_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        str(script),
+        "--worker",
+        str(out),
+        str(args.log_every),
+        "--",
+        *train_args,
+    ]
     # The cores split between the ranks. numba's thread count too: the samplers' parallel kernels
     # would otherwise start one OpenMP thread per core and raise torch's thread count with them.
     threads = str(max(1, (os.cpu_count() or 1) // args.nproc))
@@ -231,8 +246,13 @@ def report(results: list[dict], args, gen: dict | None, argv: list[str]) -> str:
         (
             f"Dataset: `{args.data}`"
             + (f": {meta['num_users']:,} users, {meta['num_items']:,} items, {meta['num_interactions']:,} interactions" if meta else "")
-            + (f"; generated in {gen['seconds']:.0f} s wall ({gen.get('cpu_s', float('nan')):.0f} s CPU"
-               + (f", peak RSS {gen['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in gen else "") + f") by `{gen['cmd']}`" if gen else "")
+            + (
+                f"; generated in {gen['seconds']:.0f} s wall ({gen.get('cpu_s', float('nan')):.0f} s CPU"
+                + (f", peak RSS {gen['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in gen else "")
+                + f") by `{gen['cmd']}`"
+                if gen
+                else ""
+            )
             + "."
         ),
         "",
@@ -312,7 +332,8 @@ def report(results: list[dict], args, gen: dict | None, argv: list[str]) -> str:
                 f" For {', '.join(partial)} (part of the epoch measured) it is a lower bound for the epoch's peak: large-scale "
                 "mode builds batches on the fly (nothing per sample is materialised), so no growth in proportion to the "
                 "epoch is expected."
-                if partial else ""
+                if partial
+                else ""
             )
         ),
         (
@@ -349,8 +370,22 @@ def main(argv=None) -> int:
     record = Path(str(Path(args.data)) + ".generate.json")
     gen = None
     if args.generate:
-        cmd = [sys.executable, "-m", "atjt_dist.data.synthetic", "--output", args.data, "--overwrite", "--users", "138493",
-               "--items", "26744", "--mean-length", "145", "--min-length", "20"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "atjt_dist.data.synthetic",
+            "--output",
+            args.data,
+            "--overwrite",
+            "--users",
+            "138493",
+            "--items",
+            "26744",
+            "--mean-length",
+            "145",
+            "--min-length",
+            "20",
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True)

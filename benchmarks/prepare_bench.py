@@ -96,9 +96,7 @@ def synthetic_ratings(rows: int, users: int, items: int, duplicates: int, seed: 
     rng = np.random.default_rng(seed)
     raw = rng.lognormal(mean=4.2, sigma=1.1, size=users)
     lengths = np.clip(20 + raw * (rows - 20 * users) / raw.sum(), 20, items // 3).astype(np.int64)
-    lengths[np.argsort(-lengths)[: abs(rows - duplicates - lengths.sum())]] += np.sign(
-        rows - duplicates - lengths.sum()
-    )
+    lengths[np.argsort(-lengths)[: abs(rows - duplicates - lengths.sum())]] += np.sign(rows - duplicates - lengths.sum())
     weights = 1.0 / np.power(np.arange(1, items + 1) + 20.0, 1.1)
     weights = weights[rng.permutation(items)]
     n = int(lengths.sum())
@@ -112,9 +110,7 @@ def synthetic_ratings(rows: int, users: int, items: int, duplicates: int, seed: 
     user = np.concatenate([user, user[dup]])
     item = np.concatenate([item, item[dup]])
     times = np.concatenate([times, times[dup] + rng.integers(1, 86400, size=duplicates)])
-    rating = rng.choice(
-        np.arange(1, 11) / 2, size=len(user), p=[0.01, 0.03, 0.02, 0.07, 0.05, 0.2, 0.1, 0.28, 0.1, 0.14]
-    )
+    rating = rng.choice(np.arange(1, 11) / 2, size=len(user), p=[0.01, 0.03, 0.02, 0.07, 0.05, 0.2, 0.1, 0.28, 0.1, 0.14])
     order = np.lexsort((item, user))  # the real file is sorted by userId, then movieId
     return user[order], item[order], rating[order], times[order]
 
@@ -177,12 +173,12 @@ def pandas_prepare(ratings: Path, movies: Path, min_user: int, write_to: Path | 
     cat_codes, cat_names = pd.factorize(category, sort=True)
     timings["factorize_groupby"] = time.perf_counter() - t
     if write_to is not None:
+        import cProfile
+        import pstats
+
         import pyarrow as pa
 
         from atjt_dist.data.layout import write_dataset
-
-        import cProfile
-        import pstats
 
         profile = cProfile.Profile()
         t = time.perf_counter()
@@ -242,9 +238,7 @@ def check_same(ours: Path, reference: Path) -> str:
         ("items", "raw_item"),
         ("categories", "name"),
     ):
-        if not pq.read_table(ours / f"{name}.parquet", columns=[column]).equals(
-            pq.read_table(reference / f"{name}.parquet", columns=[column])
-        ):
+        if not pq.read_table(ours / f"{name}.parquet", columns=[column]).equals(pq.read_table(reference / f"{name}.parquet", columns=[column])):
             raise SystemExit(f"prepare and the pandas reference disagree on {name}.{column}")
     return "the two dataset directories hold identical arrays (sequences, offsets, folds, categories, popularity, candidates), times and raw ids"
 
@@ -271,9 +265,7 @@ def machine() -> dict:
     }
 
 
-def report(
-    path: Path, args, size_mib: float, gen_s: float, warm: dict, runs: dict, verdict: str, info: dict, load: tuple
-) -> None:
+def report(path: Path, args, size_mib: float, gen_s: float, warm: dict, runs: dict, verdict: str, info: dict, load: tuple) -> None:
     ours, ref, ref_w = runs["prepare"], runs["pandas"], runs["pandas_write"]
     ref_steps = json.loads(ref["stdout"])
     ref_w_steps = json.loads(ref_w["stdout"])
@@ -286,10 +278,7 @@ def report(
     ref_steps_total = sum(ref_steps.values())
     ok = lambda cond: "met" if cond else "**missed**"  # noqa: E731
     log_lines = "\n".join("    " + line for line in ours["stdout"].strip().splitlines())
-    steps = "\n".join(
-        f"| {k} | {v:.1f} | {ref_w_steps.get(k, float('nan')):.1f} |"
-        for k, v in {**ref_steps, "write_dataset": float("nan")}.items()
-    )
+    steps = "\n".join(f"| {k} | {v:.1f} | {ref_w_steps.get(k, float('nan')):.1f} |" for k, v in {**ref_steps, "write_dataset": float("nan")}.items())
     text = f"""# `prepare` benchmark: an ML-20M-sized ratings.csv
 
 Script: `python benchmarks/prepare_bench.py` (defaults: {args.rows:,} rows), run {time.strftime("%Y-%m-%d %H:%M")}.
@@ -379,13 +368,10 @@ def main() -> None:
         tiny = work / "tiny"
         tiny.mkdir()
         (tiny / "ratings.csv").write_text(  # with a repeated pair, so every kernel is compiled
-            "userId,movieId,rating,timestamp\n1,1,4.0,9\n"
-            + "".join(f"{u},{i},4.0,{i}\n" for u in range(1, 4) for i in range(u, u + 6))
+            "userId,movieId,rating,timestamp\n1,1,4.0,9\n" + "".join(f"{u},{i},4.0,{i}\n" for u in range(1, 4) for i in range(u, u + 6))
         )
         prep = [sys.executable, "-m", "atjt_dist.data.prepare", "--format", "movielens"]
-        warm = measure(
-            prep + ["--input", str(tiny / "ratings.csv"), "--output", str(tiny / "out"), "--candidates", "2"]
-        )
+        warm = measure(prep + ["--input", str(tiny / "ratings.csv"), "--output", str(tiny / "out"), "--candidates", "2"])
 
         inputs = [str(work / "ratings.csv"), str(work / "movies.csv")]
         pandas = [sys.executable, __file__, "--pandas", *inputs, "5"]

@@ -109,15 +109,20 @@ class NumbaBuild:
         self.row_ids = np.arange(batch, dtype=np.int64)
 
     def __call__(self, step: int, users: np.ndarray, pos: np.ndarray):
-        S.fill_windows(self.seq_items, self.offsets, self.item_category, users, pos,
-                       self.hist, self.hist_cat, self.lengths, self.target, self.target_cat)
-        S.sample_negatives(stream_key(self.seed, "negatives", step), self.row_ids, users,
-                           self.owned, self.owned_offsets, self.prob, self.alias, self.negatives)
+        S.fill_windows(self.seq_items, self.offsets, self.item_category, users, pos, self.hist, self.hist_cat, self.lengths, self.target, self.target_cat)
+        S.sample_negatives(stream_key(self.seed, "negatives", step), self.row_ids, users, self.owned, self.owned_offsets, self.prob, self.alias, self.negatives)
         noisy = S.noisy_rows(stream_key(self.seed, "corrupt_rows", step), len(users), NOISE_FRACTION)
         labels = S.corrupt_batch(
-            seed=self.seed, counters=(step,), row_ids=self.row_ids, global_noisy=noisy,
-            global_min_length=int(self.lengths.min()), hist=self.hist, hist_cat=self.hist_cat,
-            lengths=self.lengths, item_category=self.item_category, num_items=self.num_items,
+            seed=self.seed,
+            counters=(step,),
+            row_ids=self.row_ids,
+            global_noisy=noisy,
+            global_min_length=int(self.lengths.min()),
+            hist=self.hist,
+            hist_cat=self.hist_cat,
+            lengths=self.lengths,
+            item_category=self.item_category,
+            num_items=self.num_items,
         )
         return self.hist, self.hist_cat, self.lengths, self.target, self.target_cat, self.negatives, labels
 
@@ -258,20 +263,20 @@ def main(argv=None) -> int:
 
     info = machine()
     print(f"machine: nproc={info['nproc']} cpu={info['cpu']} mem={info['mem']} load(1/5/15 min)={info['load']}")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-          f"default numba threads {numba.config.NUMBA_NUM_THREADS}")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, default numba threads {numba.config.NUMBA_NUM_THREADS}")
     t = time.perf_counter()
     seq_items, offsets, item_category = make_dataset(args.users, args.items, args.mean_length, args.zipf, args.seed)
     data = (seq_items, offsets, item_category, args.items)
-    print(f"dataset: {args.users} users, {args.items} items, {len(seq_items)} interactions "
-          f"(mean length {len(seq_items) / args.users:.1f}), Zipf {args.zipf}; generated in {time.perf_counter() - t:.1f} s")
+    print(
+        f"dataset: {args.users} users, {args.items} items, {len(seq_items)} interactions "
+        f"(mean length {len(seq_items) / args.users:.1f}), Zipf {args.zipf}; generated in {time.perf_counter() - t:.1f} s"
+    )
     users, pos = draw_batches(offsets, args.batch, args.batches, args.seed)
 
     t = time.perf_counter()
     impls = [NumbaBuild(data, args.batch), NumpyBuild(data, args.batch), NumpyBuild(data, args.batch, cdf_negatives=True)]
     check_same_shape_of_result(impls, users[0], pos[0], data)
-    print(f"setup + compile/cache load + agreement check: {time.perf_counter() - t:.1f} s; "
-          f"threading layer {numba.threading_layer()}")
+    print(f"setup + compile/cache load + agreement check: {time.perf_counter() - t:.1f} s; threading layer {numba.threading_layer()}")
 
     all_threads = numba.config.NUMBA_NUM_THREADS
     results = {}
@@ -282,13 +287,11 @@ def main(argv=None) -> int:
 
     b = args.batch
     print(f"\nbatch build, L = {L}, batch = {b}: median over {args.rounds} rounds of {args.batches} batches")
-    print("| threads | implementation | us/batch (wall) | us/batch (CPU) | batches/s (wall) | samples/s (wall) "
-          "| samples/s per core (CPU) | same, best round |")
+    print("| threads | implementation | us/batch (wall) | us/batch (CPU) | batches/s (wall) | samples/s (wall) | samples/s per core (CPU) | same, best round |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label, res in results.items():
         for name, (wall, cpu, best) in res.items():
-            print(f"| {label} | {name} | {wall * 1e6:.0f} | {cpu * 1e6:.0f} | {1 / wall:,.0f} | {b / wall:,.0f} "
-                  f"| {b / cpu:,.0f} | {b / best:,.0f} |")
+            print(f"| {label} | {name} | {wall * 1e6:.0f} | {cpu * 1e6:.0f} | {1 / wall:,.0f} | {b / wall:,.0f} | {b / cpu:,.0f} | {b / best:,.0f} |")
     print("\nratio numba / numpy (samples/s):")
     for label, res in results.items():
         nb = res[impls[0].name]

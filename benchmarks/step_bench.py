@@ -47,11 +47,11 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import torch  # noqa: E402
+from machine_info import machine_line, versions_line  # noqa: E402
 
 from atjt_dist.config import build_config  # noqa: E402
 from atjt_dist.distributed import DistConfig, init_distributed, shutdown  # noqa: E402
 from atjt_dist.trainer import Trainer, resolve_data_path  # noqa: E402
-from machine_info import machine_line, versions_line  # noqa: E402
 
 MODELS = ("din", "dcn", "wide_deep", "fearec", "sasrec", "s3rec")
 TARGET = 1.5
@@ -88,17 +88,19 @@ def main_kind(kinds: list[str]) -> str:
 def build_trainers(model: str, args, ctx, tmp: str) -> dict:
     """The baseline's Trainer and one ATJT Trainer per recogniser kind, in timing order."""
     common = [
-        f"--model.name={model}", f"--train.batch_size={args.batch}", f"--atjt.recognizer_batch_size={args.aux_batch}",
-        "--data.history_length=19", "--no-train.progress_bar", "--no-log.tensorboard",
+        f"--model.name={model}",
+        f"--train.batch_size={args.batch}",
+        f"--atjt.recognizer_batch_size={args.aux_batch}",
+        "--data.history_length=19",
+        "--no-train.progress_bar",
+        "--no-log.tensorboard",
         # the timed steps are joint ones (a warm-up step trains the recogniser alone)
         "--atjt.recognizer_warmup_steps=0",
     ]
     if args.data:
         common.append(f"--data.path={args.data}")
     variants = [("base", ["--atjt.enabled=false"], "base")]
-    variants += [
-        (method_name(k), ["--atjt.enabled=true", f"--atjt.recognizer.kind={k}"], f"atjt-{k}") for k in args.kinds
-    ]
+    variants += [(method_name(k), ["--atjt.enabled=true", f"--atjt.recognizer.kind={k}"], f"atjt-{k}") for k in args.kinds]
     trainers = {}
     for method, flags, run_dir in variants:
         cfg = build_config(common + flags + [f"--run-dir={tmp}/{model}-{run_dir}"])
@@ -133,8 +135,7 @@ def bench_model(model: str, args, ctx, tmp: str) -> dict:
     base = trainers["base"]
     meta = base.data.meta
     dataset = (
-        f"`{resolve_data_path(base.cfg, ctx)}` ({meta['num_users']:,} users, {meta['num_items']:,} items, "
-        f"{meta.get('num_interactions', 0):,} interactions)"
+        f"`{resolve_data_path(base.cfg, ctx)}` ({meta['num_users']:,} users, {meta['num_items']:,} items, {meta.get('num_interactions', 0):,} interactions)"
     )
     wall, cpu = time_trainers(trainers, args)
     load_after = os.getloadavg()[0]
@@ -162,10 +163,7 @@ def bench_model(model: str, args, ctx, tmp: str) -> dict:
     if len(args.kinds) > 1:
         print(
             f"[step_bench] {model} by recogniser kind: "
-            + ", ".join(
-                f"{k} {1000 * res[method_name(k)]['wall_step']:.0f} ms ({1000 * res[method_name(k)]['cpu_step']:.0f} ms CPU)"
-                for k in args.kinds
-            ),
+            + ", ".join(f"{k} {1000 * res[method_name(k)]['wall_step']:.0f} ms ({1000 * res[method_name(k)]['cpu_step']:.0f} ms CPU)" for k in args.kinds),
             flush=True,
         )
     return res
@@ -246,9 +244,7 @@ def kinds_reading(results: list[dict], kinds: list[str]) -> str:
         )
     return (
         f"Reading it. Target: the transformer recogniser's extra CPU cost over the baseline step at most "
-        f"{KINDS_TARGET:g}x the din recogniser's (medians over blocks; each block's own ratio shows the noise). "
-        + "; ".join(parts)
-        + "."
+        f"{KINDS_TARGET:g}x the din recogniser's (medians over blocks; each block's own ratio shows the noise). " + "; ".join(parts) + "."
     )
 
 
@@ -267,9 +263,7 @@ def report_header(args, cmd: str, loads: tuple, totals: tuple[float, float], res
             f"Load average (1/5/15 min): {' / '.join(f'{x:.1f}' for x in load_start)} at the start, "
             f"{' / '.join(f'{x:.1f}' for x in load_end)} at the end; the whole run {totals[0]:.0f} s wall, {totals[1]:.0f} s CPU.  "
         ),
-        (
-            f"Dataset: {', '.join(sorted({r['dataset'] for r in results}))}.  "
-        ),
+        (f"Dataset: {', '.join(sorted({r['dataset'] for r in results}))}.  "),
         (
             f"Setup: one process, batch {args.batch} positives + {args.batch} negatives "
             f"= {rows} recommender rows per step, L = 19; ATJT adds the recogniser on the {args.batch} positives and on "
@@ -327,7 +321,9 @@ def ratios_reading(results: list[dict], args) -> str:
         f"{', '.join(meet) or 'none'}; it is not for: {', '.join(miss) or 'none'}."
         + (f" Within 0.1 of the target (either ratio), so not a firm verdict: {', '.join(near)}." if near else "")
         + " By base CPU ms/step, cheapest first: "
-        + ", ".join(f"{r['model']} {1000 * r['base']['cpu_step']:.0f} ms -> {r['ratio_cpu']:.2f}x" for r in sorted(results, key=lambda r: r["base"]["cpu_step"]))
+        + ", ".join(
+            f"{r['model']} {1000 * r['base']['cpu_step']:.0f} ms -> {r['ratio_cpu']:.2f}x" for r in sorted(results, key=lambda r: r["base"]["cpu_step"])
+        )
         + "."
         + (
             " The ones that miss have a cheap step of their own: "
@@ -351,7 +347,8 @@ def parse_args(argv):
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     ap.add_argument("--output", default=None, help="Markdown report to write")
     ap.add_argument(
-        "--recognizer-kinds", default="din",
+        "--recognizer-kinds",
+        default="din",
         help=f"comma-separated atjt.recognizer.kind values to time the ATJT step with, each its own Trainer ({', '.join(KINDS)})",
     )
     args = ap.parse_args(argv)

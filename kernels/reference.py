@@ -50,8 +50,7 @@ def rows_per_weight(n_rows: int, n_weights: int) -> int:
         return 1
     if n_weights == 0 or n_rows % n_weights:
         raise ValueError(
-            f"weights must have one entry per row, or one per k consecutive rows (N divisible by their count): "
-            f"got {n_weights} weights for {n_rows} rows"
+            f"weights must have one entry per row, or one per k consecutive rows (N divisible by their count): got {n_weights} weights for {n_rows} rows"
         )
     return n_rows // n_weights
 

@@ -76,8 +76,7 @@ def _bce(x, y, u):
 
 
 @triton.jit
-def _load_rows(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
-               PARTIAL: tl.constexpr):
+def _load_rows(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr, PARTIAL: tl.constexpr):
     """x, y, w as fp32 and the rows to keep (bounds and row mask); full tiles load unmasked."""
     if ROWS_PER_WEIGHT == 1:
         w_offs = offs
@@ -104,8 +103,7 @@ def _load_rows(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT: tl.con
 
 
 @triton.jit
-def _fwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
-              PARTIAL: tl.constexpr):
+def _fwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr, PARTIAL: tl.constexpr):
     x, y, w, keep = _load_rows(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT, HAS_MASK, PARTIAL)
     l = _bce(x, y, tl.exp(-tl.abs(x)))
     w = tl.where(keep, w, 0.0)
@@ -114,8 +112,7 @@ def _fwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT: tl.cons
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, y_ptr, w_ptr, m_ptr, part_ptr, n_rows, ROWS_PER_WEIGHT: tl.constexpr,
-                HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _fwd_kernel(x_ptr, y_ptr, w_ptr, m_ptr, part_ptr, n_rows, ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     pid = tl.program_id(0)
     n_parts = tl.num_programs(0)
     if INT64:
@@ -132,8 +129,7 @@ def _fwd_kernel(x_ptr, y_ptr, w_ptr, m_ptr, part_ptr, n_rows, ROWS_PER_WEIGHT: t
 
 
 @triton.jit
-def _finalize_kernel(part_ptr, n_parts, sums_ptr, loss_ptr, SUM_PARTS: tl.constexpr, WRITE_LOSS: tl.constexpr,
-                     BLOCK_P: tl.constexpr):
+def _finalize_kernel(part_ptr, n_parts, sums_ptr, loss_ptr, SUM_PARTS: tl.constexpr, WRITE_LOSS: tl.constexpr, BLOCK_P: tl.constexpr):
     """sums = [S, W] from the [2, P] partials (fixed order, fp64); loss = S / W, or 0 if W <= 0."""
     if SUM_PARTS:
         acc_s = tl.zeros([BLOCK_P], dtype=tl.float64)
@@ -156,9 +152,26 @@ def _finalize_kernel(part_ptr, n_parts, sums_ptr, loss_ptr, SUM_PARTS: tl.conste
 
 
 @triton.jit
-def _bwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, dx_ptr, dw_ptr, offs, start, n_rows, loss, scale, pos,
-              ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr, NEED_DX: tl.constexpr,
-              NEED_DW: tl.constexpr, BLOCK: tl.constexpr, PARTIAL: tl.constexpr):
+def _bwd_tile(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    m_ptr,
+    dx_ptr,
+    dw_ptr,
+    offs,
+    start,
+    n_rows,
+    loss,
+    scale,
+    pos,
+    ROWS_PER_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PARTIAL: tl.constexpr,
+):
     x, y, w, keep = _load_rows(x_ptr, y_ptr, w_ptr, m_ptr, offs, n_rows, ROWS_PER_WEIGHT, HAS_MASK, PARTIAL)
     keep = tl.where(pos, keep, False)  # W <= 0: every gradient is zero, even for infinite logits
     u = tl.exp(-tl.abs(x))
@@ -187,9 +200,23 @@ def _bwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, dx_ptr, dw_ptr, offs, start, n_rows, l
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, y_ptr, w_ptr, m_ptr, sums_ptr, g_ptr, dx_ptr, dw_ptr, n_rows,
-                ROWS_PER_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr, NEED_DX: tl.constexpr,
-                NEED_DW: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _bwd_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    m_ptr,
+    sums_ptr,
+    g_ptr,
+    dx_ptr,
+    dw_ptr,
+    n_rows,
+    ROWS_PER_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    BLOCK: tl.constexpr,
+    INT64: tl.constexpr,
+):
     S = tl.load(sums_ptr)
     W = tl.load(sums_ptr + 1)
     g = tl.load(g_ptr).to(tl.float64)
@@ -204,11 +231,9 @@ def _bwd_kernel(x_ptr, y_ptr, w_ptr, m_ptr, sums_ptr, g_ptr, dx_ptr, dw_ptr, n_r
         start = pid * BLOCK
     offs = start + tl.arange(0, BLOCK)
     if start + BLOCK <= n_rows:
-        _bwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, dx_ptr, dw_ptr, offs, start, n_rows, loss, scale, pos,
-                  ROWS_PER_WEIGHT, HAS_MASK, NEED_DX, NEED_DW, BLOCK, False)
+        _bwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, dx_ptr, dw_ptr, offs, start, n_rows, loss, scale, pos, ROWS_PER_WEIGHT, HAS_MASK, NEED_DX, NEED_DW, BLOCK, False)
     else:
-        _bwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, dx_ptr, dw_ptr, offs, start, n_rows, loss, scale, pos,
-                  ROWS_PER_WEIGHT, HAS_MASK, NEED_DX, NEED_DW, BLOCK, True)
+        _bwd_tile(x_ptr, y_ptr, w_ptr, m_ptr, dx_ptr, dw_ptr, offs, start, n_rows, loss, scale, pos, ROWS_PER_WEIGHT, HAS_MASK, NEED_DX, NEED_DW, BLOCK, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,14 +299,12 @@ class WeightedBCETriton(torch.autograd.Function):
         int64 = n + block >= 2**31
         num_warps = _num_warps(block)
         partials = torch.empty(2 * n_tiles, dtype=torch.float32, device=x.device)
-        _fwd_kernel[(n_tiles,)](x, y, w, m, partials, n, ROWS_PER_WEIGHT=k_kernel, HAS_MASK=mask is not None,
-                                BLOCK=block, INT64=int64, num_warps=num_warps)
+        _fwd_kernel[(n_tiles,)](x, y, w, m, partials, n, ROWS_PER_WEIGHT=k_kernel, HAS_MASK=mask is not None, BLOCK=block, INT64=int64, num_warps=num_warps)
         sums = torch.empty(2, dtype=torch.float64, device=x.device)
         loss = torch.empty((), dtype=torch.float32, device=x.device)
         block_p = max(16, min(INTERPRETER_BLOCK if INTERPRETED else FINALIZE_BLOCK, triton.next_power_of_2(n_tiles)))
         finalize = _finalize_kernel[(1,)]
-        finalize(partials, n_tiles, sums, loss, SUM_PARTS=True, WRITE_LOSS=reduce is None, BLOCK_P=block_p,
-                 num_warps=_num_warps(block_p))
+        finalize(partials, n_tiles, sums, loss, SUM_PARTS=True, WRITE_LOSS=reduce is None, BLOCK_P=block_p, num_warps=_num_warps(block_p))
         if reduce is not None:
             sums = reduce(sums)
             if not isinstance(sums, torch.Tensor) or sums.numel() != 2:
@@ -289,8 +312,7 @@ class WeightedBCETriton(torch.autograd.Function):
             sums = sums.to(device=x.device, dtype=torch.float64).reshape(2).contiguous()
             finalize(sums, 1, sums, loss, SUM_PARTS=False, WRITE_LOSS=True, BLOCK_P=16, num_warps=1)
         ctx.save_for_backward(x, y, w, m, sums)
-        ctx.meta = (logits.shape, weights.shape, weights.dtype, mask is not None, k, k_kernel, block,
-                    n_tiles, int64, num_warps)
+        ctx.meta = (logits.shape, weights.shape, weights.dtype, mask is not None, k, k_kernel, block, n_tiles, int64, num_warps)
         return loss
 
     @staticmethod
@@ -309,8 +331,24 @@ class WeightedBCETriton(torch.autograd.Function):
         else:
             dw = w
         g = grad.detach().reshape(1).contiguous()
-        _bwd_kernel[(n_tiles,)](x, y, w, m, sums, g, dx, dw, x.numel(), ROWS_PER_WEIGHT=k_kernel, HAS_MASK=has_mask,
-                                NEED_DX=need_dx, NEED_DW=need_dw, BLOCK=block, INT64=int64, num_warps=num_warps)
+        _bwd_kernel[(n_tiles,)](
+            x,
+            y,
+            w,
+            m,
+            sums,
+            g,
+            dx,
+            dw,
+            x.numel(),
+            ROWS_PER_WEIGHT=k_kernel,
+            HAS_MASK=has_mask,
+            NEED_DX=need_dx,
+            NEED_DW=need_dw,
+            BLOCK=block,
+            INT64=int64,
+            num_warps=num_warps,
+        )
         gx = dx.view(x_shape) if need_dx else None
         if need_dw:
             if k != k_kernel:

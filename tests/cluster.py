@@ -161,9 +161,13 @@ class SlurmCluster:
         self.munge_socket = b / "munge" / "munge.socket"
         self._spawn(
             [
-                "munged", "--foreground", "--force",
-                f"--key-file={key}", f"--socket={self.munge_socket}",
-                f"--pid-file={b / 'munge' / 'munged.pid'}", f"--log-file={b / 'log' / 'munged.log'}",
+                "munged",
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={b / 'munge' / 'munged.pid'}",
+                f"--log-file={b / 'log' / 'munged.log'}",
                 f"--seed-file={b / 'munge' / 'munged.seed'}",
             ],
             b / "log" / "munged.out",
@@ -261,9 +265,7 @@ class SlurmCluster:
     def sbatch(self, script: Path, args: Sequence[str] = (), options: Sequence[str] = (), env: Optional[dict] = None, cwd: Optional[Path] = None) -> str:
         """Submit; returns the job id. ``env`` is the job's environment (sbatch exports it)."""
         job_env = dict(env if env is not None else os.environ, SLURM_CONF=str(self.conf))
-        proc = subprocess.run(
-            ["sbatch", "--parsable", *options, str(script), *args], env=job_env, cwd=cwd, capture_output=True, text=True, timeout=30
-        )
+        proc = subprocess.run(["sbatch", "--parsable", *options, str(script), *args], env=job_env, cwd=cwd, capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr}\n{self.logs()}")
         job = proc.stdout.strip().split(";")[0]
@@ -342,9 +344,23 @@ class NetnsHosts:
         """``cmd`` run on host ``host`` (0-based): its namespace, host name and /etc/hosts."""
         setup = 'hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "$3" /etc/resolv.conf && shift 3 && exec "$@"'
         return [
-            "ip", "netns", "exec", self.names[host],
-            "unshare", "--uts", "--mount", "--propagation", "private",
-            "sh", "-c", setup, "sh", self.names[host], str(self.base / "hosts"), str(self.base / "resolv.conf"), *cmd,
+            "ip",
+            "netns",
+            "exec",
+            self.names[host],
+            "unshare",
+            "--uts",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            setup,
+            "sh",
+            self.names[host],
+            str(self.base / "hosts"),
+            str(self.base / "resolv.conf"),
+            *cmd,
         ]
 
     def popen(self, host: int, cmd: Sequence[str], **kwargs) -> subprocess.Popen:

@@ -9,13 +9,13 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from runs import SHORT_RUN, TORCHRUN, TRAIN, clean_env, launch, ok
 from torch import nn
 
 from atjt_dist.checkpoint import (
@@ -31,8 +31,6 @@ from atjt_dist.checkpoint import (
     trajectory_config,
 )
 from atjt_dist.config import Config, ConfigError, build_config
-
-from conftest import PAPER_SCHEDULE
 
 # ---------------------------------------------------------------------------------------------
 # The protocol, in one process on a stand-in model
@@ -181,8 +179,16 @@ def test_only_trajectory_keys_must_match_on_resume(tmp_path):
     base = ["--data.path=/x", "--run-dir=/r", "--checkpoint.every=3"]
     cfg = build_config(base)
     same = build_config(
-        ["--data.path=/elsewhere", "--run-dir=/r2", "--resume", "--checkpoint.every=5", "--train.max_steps=7",
-         "--train.log_every=9", "--dist.timeout_s=20", "--eval.batch_users=16"]
+        [
+            "--data.path=/elsewhere",
+            "--run-dir=/r2",
+            "--resume",
+            "--checkpoint.every=5",
+            "--train.max_steps=7",
+            "--train.log_every=9",
+            "--dist.timeout_s=20",
+            "--eval.batch_users=16",
+        ]
     )
     assert config_hash(cfg) == config_hash(same)
     assert "train.lr" in trajectory_config(cfg) and "dist.timeout_s" not in trajectory_config(cfg)
@@ -263,36 +269,7 @@ def test_rewind_metrics_cuts_what_was_logged_after_the_checkpoint(tmp_path):
 
 #: 2 phases x 2 epochs x 3 batches = 12 steps; a checkpoint every 3 steps (each also ends a log
 #: window, so the resumed run's train records are the uninterrupted run's).
-SMALL = [
-    *PAPER_SCHEDULE,
-    "--train.batch_size=64",
-    "--atjt.recognizer_batch_size=32",
-    "--train.epochs=2",
-    "--train.log_every=2",
-    "--eval.batch_users=64",
-    "--checkpoint.every=3",
-    "--checkpoint.keep=2",
-    "--no-train.progress_bar",
-    "--no-log.tensorboard",
-]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-TRAIN = ["-m", "atjt_dist.train"]
-
-
-def _env(**extra: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(key, None)
-    return env
-
-
-def _launch(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+SMALL = [*SHORT_RUN, "--checkpoint.every=3", "--checkpoint.keep=2", "--no-log.tensorboard"]
 
 
 def _tensors(dcp_dir: Path) -> dict:
@@ -365,16 +342,16 @@ def test_one_process_killed_at_a_random_step_resumes_exactly_past_a_damaged_chec
     kill_at = random.SystemRandom().randint(7, 11)
     common = [*TRAIN, f"--data.path={tiny_dataset}", *SMALL]
     reference, run = tmp_path / "reference", tmp_path / "run"
-    _ok(_launch([sys.executable, *common, f"--run-dir={reference}"], tmp_path))
+    ok(launch([sys.executable, *common, f"--run-dir={reference}"], tmp_path))
 
-    killed = _launch([sys.executable, *common, f"--run-dir={run}"], tmp_path, _env(ATJT_TEST_CRASH_AT_STEP=str(kill_at), ATJT_TEST_CRASH_HOW="kill"))
+    killed = launch([sys.executable, *common, f"--run-dir={run}"], tmp_path, clean_env(ATJT_TEST_CRASH_AT_STEP=str(kill_at), ATJT_TEST_CRASH_HOW="kill"))
     assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
     assert not (run / "metrics.json").exists()
     newest, previous = committed(run / "checkpoints")[:2]
     assert checkpoint_step(newest) == 3 * (kill_at // 3), kill_at
     os.truncate(newest / "__0_0.distcp", 1000)
 
-    resumed = _ok(_launch([sys.executable, *common, f"--run-dir={run}", "--resume"], tmp_path))
+    resumed = ok(launch([sys.executable, *common, f"--run-dir={run}", "--resume"], tmp_path))
     log = resumed.stderr
     assert f"{newest} is damaged" in log and "truncated" in log and "falling back to the previous checkpoint" in log, (kill_at, log[-3000:])
     assert f"resumed from {previous}: step {checkpoint_step(previous)}/12" in log, (kill_at, log[-3000:])
@@ -393,9 +370,9 @@ def two_process_runs(tiny_dataset, tmp_path_factory):
     how = "checkpoint" if kill_at % 3 == 0 else "kill"
     common = [*TRAIN, f"--data.path={tiny_dataset}", *SMALL, "--atjt.recognizer.dropout=0"]
     reference, restarted = root / "reference", root / "restarted"
-    _ok(_launch([*TORCHRUN, *common, f"--run-dir={reference}"], root))
-    env = _env(ATJT_TEST_CRASH_AT_STEP=str(kill_at), ATJT_TEST_CRASH_RANK="1", ATJT_TEST_CRASH_HOW=how)
-    proc = _launch([*TORCHRUN[:3], "--max-restarts=1", *TORCHRUN[3:], *common, f"--run-dir={restarted}"], root, env)
+    ok(launch([*TORCHRUN, *common, f"--run-dir={reference}"], root))
+    env = clean_env(ATJT_TEST_CRASH_AT_STEP=str(kill_at), ATJT_TEST_CRASH_RANK="1", ATJT_TEST_CRASH_HOW=how)
+    proc = launch([*TORCHRUN[:3], "--max-restarts=1", *TORCHRUN[3:], *common, f"--run-dir={restarted}"], root, env)
     return reference, restarted, proc, kill_at, how, common
 
 
@@ -403,7 +380,7 @@ def two_process_runs(tiny_dataset, tmp_path_factory):
 @pytest.mark.multiprocess
 def test_torchrun_restart_resumes_by_itself_and_ends_exactly_like_an_uninterrupted_run(two_process_runs):
     reference, restarted, proc, kill_at, how, _ = two_process_runs
-    _ok(proc)
+    ok(proc)
     resumed_from = 3 * ((kill_at - 1) // 3) if how == "checkpoint" else 3 * (kill_at // 3)
     checkpoint = restarted / "checkpoints" / f"step-{resumed_from:08d}"
     assert f"resumed from {checkpoint}: step {resumed_from}/12" in proc.stderr, (kill_at, how, proc.stderr[-3000:])
@@ -424,12 +401,12 @@ def test_a_two_process_checkpoint_resumes_on_one_process(two_process_runs, tmp_p
     so what it holds is rounding noise that Adagrad normalises into steps of up to lr; it may
     differ by 2 x 3 steps x train.lr."""
     reference, restarted, proc, _, _, common = two_process_runs
-    _ok(proc)
+    ok(proc)
     run = tmp_path / "run"
     shutil.copytree(restarted, run)
     shutil.rmtree(run / "checkpoints" / "step-00000012")
     (run / "metrics.json").unlink()
-    resumed = _ok(_launch([sys.executable, *common, f"--run-dir={run}", "--resume"], tmp_path))
+    resumed = ok(launch([sys.executable, *common, f"--run-dir={run}", "--resume"], tmp_path))
     assert "step 9/12" in resumed.stderr and "saved by 2 process(es), now 1 (tables resharded" in resumed.stderr
     m_ref, m_run = _metrics(reference), _metrics(run)
     for key in ("auc", "hr@5", "ndcg@5"):

@@ -115,9 +115,7 @@ def test_dump_and_reload_round_trip(tmp_path):
 
 
 def test_cli_reports_config_errors_in_one_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "atjt_dist.train", "--train.epochz=1"], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-m", "atjt_dist.train", "--train.epochz=1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown config key 'train.epochz'" in proc.stderr
     assert "Traceback" not in proc.stderr

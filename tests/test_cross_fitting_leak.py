@@ -24,12 +24,20 @@ def _dense(t) -> torch.Tensor:
 
 @pytest.mark.parametrize("isolate", [True, False])
 def test_weighted_users_recogniser_rows_move_only_without_the_fix(tiny_dataset, tmp_path, isolate):
-    cfg = build_config([
-        f"--data.path={tiny_dataset}", f"--run-dir={tmp_path / str(isolate)}", "--train.batch_size=64",
-        "--atjt.recognizer_batch_size=32", "--no-train.progress_bar", "--checkpoint.every=0", "--no-log.tensorboard",
-        f"--atjt.isolate_weighted_users={str(isolate).lower()}", "--atjt.recognizer.dropout=0",
-        "--atjt.recognizer_warmup_steps=0",  # the first step is then a joint one
-    ])
+    cfg = build_config(
+        [
+            f"--data.path={tiny_dataset}",
+            f"--run-dir={tmp_path / str(isolate)}",
+            "--train.batch_size=64",
+            "--atjt.recognizer_batch_size=32",
+            "--no-train.progress_bar",
+            "--checkpoint.every=0",
+            "--no-log.tensorboard",
+            f"--atjt.isolate_weighted_users={str(isolate).lower()}",
+            "--atjt.recognizer.dropout=0",
+            "--atjt.recognizer_warmup_steps=0",  # the first step is then a joint one
+        ]
+    )
     trainer = Trainer(cfg)
     try:
         plans = iter(trainer.schedule.steps())

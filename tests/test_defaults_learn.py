@@ -18,7 +18,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import shared_file
 
 STEP_CAP = {"din": 300, "dcn": 300, "wide_deep": 300, "sasrec": 300, "fearec": 300, "s3rec": 150}
@@ -29,8 +28,11 @@ MARGIN = 0.05
 def ml100k(tmp_path_factory):
     out = tmp_path_factory.mktemp("defaults") / "ml-100k"
     ratings, items = shared_file("ml-100k", "u.data"), shared_file("ml-100k", "u.item")
-    subprocess.run([sys.executable, "-m", "atjt_dist.data.prepare", "--format", "movielens", "--input", str(ratings), str(items),
-                    "--output", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "atjt_dist.data.prepare", "--format", "movielens", "--input", str(ratings), str(items), "--output", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -40,8 +42,16 @@ def test_default_config_beats_popularity(ml100k, tmp_path, model):
     from atjt_dist import train
 
     run = tmp_path / model
-    argv = [f"--data.path={ml100k}", f"--model.name={model}", "--atjt.enabled=false", f"--train.max_steps={STEP_CAP[model]}",
-            "--no-train.progress_bar", "--no-log.tensorboard", "--checkpoint.every=0", f"--run-dir={run}"]
+    argv = [
+        f"--data.path={ml100k}",
+        f"--model.name={model}",
+        "--atjt.enabled=false",
+        f"--train.max_steps={STEP_CAP[model]}",
+        "--no-train.progress_bar",
+        "--no-log.tensorboard",
+        "--checkpoint.every=0",
+        f"--run-dir={run}",
+    ]
     assert train.main(argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["auc"] > metrics["popularity"]["auc"] + MARGIN, (model, metrics["auc"], metrics["popularity"]["auc"])

@@ -23,22 +23,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PAPER_SCHEDULE
+from runs import SHORT_RUN, run_ok, torchrun
 
 from atjt_dist.config import ConfigError, build_config
-
-from conftest import PAPER_SCHEDULE
 
 REPO = Path(__file__).resolve().parents[1]
 
 SMALL = [
-    *PAPER_SCHEDULE,
-    "--train.batch_size=64",
-    "--atjt.recognizer_batch_size=32",
-    "--train.epochs=2",
-    "--train.log_every=2",
-    "--eval.batch_users=64",
+    *SHORT_RUN,
     "--atjt.recognizer.dropout=0",  # dropout across world sizes: tests/test_train.py
-    "--no-train.progress_bar",
 ]
 #: Every sharding type on at least one table, over the recommender's and both recognisers'.
 MIXED = {
@@ -55,23 +49,6 @@ MIXED = {
 MIXED_ARG = "--dist.table_sharding={" + ", ".join(f"{k}: {v}" for k, v in MIXED.items()) + "}"
 TRAIN_KEYS = ("loss", "loss_rec", "loss_aux", "w_clean", "w_noisy", "recognizer_auc")
 RTOL = 1e-5
-
-
-def _env(**extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _run(args, cwd, timeout=900, **env):
-    proc = subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
-
-
-def _torchrun(nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "atjt_dist.train"]
 
 
 def _free_port() -> int:
@@ -199,7 +176,7 @@ def test_cpu_sequence_lookup_is_unpooled():
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import DenseTableBatchedEmbeddingBagsCodegen
 
-    from atjt_dist.distributed import _sequence_lookup, cpu_dense_lookup_pools
+    from atjt_dist.upstream import cpu_dense_lookup_pools, sequence_lookup
 
     torch.manual_seed(0)
     # two tables of dim 4; features 0, 1 read table 0 and feature 2 reads table 1; batch 2
@@ -207,7 +184,7 @@ def test_cpu_sequence_lookup_is_unpooled():
     indices = torch.tensor([1, 2, 3, 9, 4, 0, 5, 5])
     lengths = torch.tensor([3, 0, 1, 1, 1, 2])  # feature-major: f0 rows (3, 0), f1 (1, 1), f2 (1, 2); f0 row 1 empty
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    out = _sequence_lookup(m, indices=indices, offsets=offsets)
+    out = sequence_lookup(m, indices=indices, offsets=offsets)
     t0, t1 = m.split_embedding_weights()
     expected = torch.cat([t0[indices[:5]], t1[indices[5:]]])
     assert torch.equal(out, expected)
@@ -226,8 +203,8 @@ def test_data_parallel_tables_work_for_every_model():
     score a batch exactly as the unsharded one does, and train (the tables get gradients)."""
     import torch.distributed as dist
 
-    from atjt_dist.atjt import JointModel
     from atjt_dist.distributed import init_distributed, load_full_state, shard_model, shutdown
+    from atjt_dist.joint import JointModel
     from atjt_dist.models import REGISTRY, ModelSpec
     from atjt_dist.models.batch import SequenceBatch
     from atjt_dist.optim import build_optimizers
@@ -238,8 +215,13 @@ def test_data_parallel_tables_work_for_every_model():
     lengths = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6])
     hist = torch.randint(1, 41, (B, 6), generator=g) * (torch.arange(6)[None] < lengths[:, None])
     batch = SequenceBatch(
-        user=torch.arange(B), hist=hist, hist_cat=(hist % 5 + 1) * (hist > 0), lengths=lengths,
-        target=torch.randint(1, 41, (B,), generator=g), target_cat=torch.randint(1, 6, (B,), generator=g), label=torch.ones(B),
+        user=torch.arange(B),
+        hist=hist,
+        hist_cat=(hist % 5 + 1) * (hist > 0),
+        lengths=lengths,
+        target=torch.randint(1, 41, (B,), generator=g),
+        target_cat=torch.randint(1, 6, (B,), generator=g),
+        label=torch.ones(B),
     )
     cfg0 = build_config(["--dist.sharding=data_parallel", "--dist.device=cpu"])
     ctx = init_distributed(cfg0.dist)
@@ -275,8 +257,8 @@ def test_dense_part_follows_the_device_under_every_dense_backend():
     """DMP moves the dense part to the device only inside its DDP wrap: under dist.dense=deepspeed
     Dice's statistics (buffers) and the dense layers would stay on the host. place_dense moves
     every parameter and buffer outside the sharded tables. Shown with the meta device as the target, which a CPU machine has."""
-    from atjt_dist.atjt import JointModel
     from atjt_dist.distributed import init_distributed, misplaced_tensors, place_dense, shard_model, shutdown
+    from atjt_dist.joint import JointModel
     from atjt_dist.models import ModelSpec
 
     spec = ModelSpec(num_users=50, num_items=40, num_categories=5, history_length=6)
@@ -325,7 +307,7 @@ def test_nccl_dead_peer_settings():
 def mixed_reference(tiny_dataset, tmp_path_factory) -> Path:
     """A 1-process run with the mixed table plan (the reference of the 2-process runs)."""
     run = tmp_path_factory.mktemp("mixed") / "one"
-    _run([sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", *SMALL, MIXED_ARG], run.parent)
+    run_ok([sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", *SMALL, MIXED_ARG], run.parent)
     return run
 
 
@@ -334,7 +316,7 @@ def mixed_reference(tiny_dataset, tmp_path_factory) -> Path:
 def test_every_sharding_type_two_processes_match_one(tiny_dataset, mixed_reference, tmp_path):
     """DDP dense backend, every sharding type (2 processes, gloo) = 1 process."""
     two = tmp_path / "two"
-    proc = _run([*_torchrun(2), f"--data.path={tiny_dataset}", f"--run-dir={two}", *SMALL, MIXED_ARG], tmp_path)
+    proc = run_ok([*torchrun(2), f"--data.path={tiny_dataset}", f"--run-dir={two}", *SMALL, MIXED_ARG], tmp_path)
     _assert_same_run(mixed_reference, two)
     plan = _plan_lines(proc.stderr)  # rank 0 prints one line per table
     assert set(plan) == set(MIXED), proc.stderr[-3000:]
@@ -351,7 +333,7 @@ def test_every_sharding_type_two_processes_match_one(tiny_dataset, mixed_referen
 def test_deepspeed_zero1_two_processes_match_one(tiny_dataset, mixed_reference, tmp_path):
     """DeepSpeed ZeRO-1 owns the dense layers (torchrun): the same trajectory as 1 DDP process."""
     two = tmp_path / "ds"
-    _run([*_torchrun(2), f"--data.path={tiny_dataset}", f"--run-dir={two}", *SMALL, MIXED_ARG, "--dist.dense=deepspeed", "--dist.zero_stage=1"], tmp_path)
+    run_ok([*torchrun(2), f"--data.path={tiny_dataset}", f"--run-dir={two}", *SMALL, MIXED_ARG, "--dist.dense=deepspeed", "--dist.zero_stage=1"], tmp_path)
     _assert_same_run(mixed_reference, two)
 
 
@@ -361,11 +343,21 @@ def test_deepspeed_launcher_zero2_matches_one_process(tiny_dataset, mixed_refere
     """The deepspeed launcher (CPU accelerator, 2 local processes) with ZeRO-2."""
     two = tmp_path / "dsl"
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    _run(
+    run_ok(
         [
-            str(deepspeed), "--num_nodes=1", "--num_gpus=2", f"--master_port={_free_port()}", "--no_local_rank",
-            "--module", "atjt_dist.train",
-            f"--data.path={tiny_dataset}", f"--run-dir={two}", *SMALL, MIXED_ARG, "--dist.dense=deepspeed", "--dist.zero_stage=2",
+            str(deepspeed),
+            "--num_nodes=1",
+            "--num_gpus=2",
+            f"--master_port={_free_port()}",
+            "--no_local_rank",
+            "--module",
+            "atjt_dist.train",
+            f"--data.path={tiny_dataset}",
+            f"--run-dir={two}",
+            *SMALL,
+            MIXED_ARG,
+            "--dist.dense=deepspeed",
+            "--dist.zero_stage=2",
         ],
         tmp_path,
         DS_ACCELERATOR="cpu",
@@ -379,10 +371,17 @@ def test_product_card_command_eight_processes(tiny_dataset, tmp_path):
     """``torchrun --nproc_per_node=8 -m atjt_dist.train`` completes on this 2-core machine
     (oversubscribed) with a small config: batch sizes divisible by 8, one epoch."""
     run = tmp_path / "eight"
-    _run(
+    run_ok(
         [
-            *_torchrun(8), *PAPER_SCHEDULE, f"--data.path={tiny_dataset}", f"--run-dir={run}", "--train.batch_size=64",
-            "--atjt.recognizer_batch_size=32", "--train.epochs=1", "--train.log_every=2", "--eval.batch_users=64",
+            *torchrun(8),
+            *PAPER_SCHEDULE,
+            f"--data.path={tiny_dataset}",
+            f"--run-dir={run}",
+            "--train.batch_size=64",
+            "--atjt.recognizer_batch_size=32",
+            "--train.epochs=1",
+            "--train.log_every=2",
+            "--eval.batch_users=64",
             "--no-train.progress_bar",
         ],
         tmp_path,
@@ -408,9 +407,8 @@ def test_dense_backend_state_round_trip(tiny_dataset, tmp_path, dense):
     import io
     import itertools
 
-    from atjt_dist.trainer import Trainer
-
     from atjt_dist.distributed import init_distributed, misplaced_tensors, shutdown
+    from atjt_dist.trainer import Trainer
 
     args = [f"--data.path={tiny_dataset}", *SMALL, f"--dist.dense={dense}", "--dist.zero_stage=2", "--dist.table_sharding={rec_user: data_parallel}"]
     ctx = init_distributed(build_config(args).dist)  # one group for both runs: DeepSpeed caches its groups per process

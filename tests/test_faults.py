@@ -3,7 +3,6 @@ peers that die or stop responding (the others end within a bounded time, never h
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,12 +10,11 @@ import time
 
 import pytest
 import torch
+from runs import SHORT_RUN, TORCHRUN, clean_env
 
 from atjt_dist.checkpoint import committed
 from atjt_dist.cli import run_cli
 from atjt_dist.faults import FaultHooks, LossMonitor, NonFiniteLossError, PeerFailureError, _is_collective_failure
-
-from conftest import PAPER_SCHEDULE
 
 # ---------------------------------------------------------------------------------------------
 # Fast: the monitor, the hooks, the command line
@@ -93,25 +91,7 @@ def test_run_errors_end_the_command_with_one_line(capsys, monkeypatch, error, st
 # End to end
 # ---------------------------------------------------------------------------------------------
 
-SMALL = [
-    *PAPER_SCHEDULE,
-    "--train.batch_size=64",
-    "--atjt.recognizer_batch_size=32",
-    "--train.epochs=2",
-    "--train.log_every=4",
-    "--eval.batch_users=64",
-    "--checkpoint.every=3",
-    "--no-train.progress_bar",
-    "--no-log.tensorboard",
-]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def _env(**extra: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT", "ATJT_DEBUG"):
-        env.pop(key, None)
-    return env
+SMALL = [*SHORT_RUN, "--train.log_every=4", "--checkpoint.every=3", "--no-log.tensorboard"]
 
 
 @pytest.mark.slow
@@ -122,8 +102,11 @@ def test_a_non_finite_loss_stops_the_run_at_its_first_step_and_keeps_the_last_go
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", *SMALL],
-        cwd=tmp_path, env=_env(ATJT_TEST_NONFINITE_AT_STEP="5", ATJT_TEST_NONFINITE_KEY="loss_aux"),
-        capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=clean_env(ATJT_TEST_NONFINITE_AT_STEP="5", ATJT_TEST_NONFINITE_KEY="loss_aux"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -150,7 +133,7 @@ def test_a_dead_or_silent_peer_ends_the_run_within_a_bounded_time(tiny_dataset, 
     and nothing waits longer than the timeout plus shutdown."""
     timeout_s = 20
     args = [*TORCHRUN, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={tmp_path / 'run'}", *SMALL, f"--dist.timeout_s={timeout_s}"]
-    env = _env(ATJT_TEST_CRASH_AT_STEP="2", ATJT_TEST_CRASH_RANK="1", ATJT_TEST_CRASH_HOW=how)
+    env = clean_env(ATJT_TEST_CRASH_AT_STEP="2", ATJT_TEST_CRASH_RANK="1", ATJT_TEST_CRASH_HOW=how)
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     ended = time.time()
     assert proc.returncode != 0, proc.stderr[-3000:]
@@ -158,5 +141,7 @@ def test_a_dead_or_silent_peer_ends_the_run_within_a_bounded_time(tiny_dataset, 
     waited = ended - _crash_time(proc.stderr)
     assert waited < timeout_s + 40, (waited, proc.stderr[-3000:])
     if how == "hang":  # rank 0 ended by itself, with the one-line error
-        assert f"rank 0: a collective failed after step 2 (another process died or did not respond within dist.timeout_s={timeout_s} s" in proc.stderr, proc.stderr[-3000:]
+        assert f"rank 0: a collective failed after step 2 (another process died or did not respond within dist.timeout_s={timeout_s} s" in proc.stderr, (
+            proc.stderr[-3000:]
+        )
         assert waited > timeout_s * 0.5, waited

@@ -151,9 +151,7 @@ def test_ml100k_real_files(tmp_path):
 
 
 def test_amazon_2014_reviews_with_python_literal_metadata():
-    raw = read_raw(
-        "amazon", [fixture("amazon2014", "reviews_Beauty_5.json"), fixture("amazon2014", "meta_Beauty.json")]
-    )
+    raw = read_raw("amazon", [fixture("amazon2014", "reviews_Beauty_5.json"), fixture("amazon2014", "meta_Beauty.json")])
     assert len(raw.user) == 7 and raw.raw_users.to_pylist() == ["A1REVIEWERAAAA", "A2REVIEWERBBBB", "A3REVIEWERCCCC"]
     assert raw.rating.tolist() == [1.0, 3.0, 5.0, 4.0, 4.0, 1.0, 2.0]
     assert categories_by_item(raw) == {
@@ -267,9 +265,7 @@ def test_beauty_real_sequences():
 
 
 def _table_options(**kw) -> FormatOptions:
-    return FormatOptions(
-        user_col="user_id", item_col="item_id", time_col="ts", rating_col="score", category_col="genre", **kw
-    )
+    return FormatOptions(user_col="user_id", item_col="item_id", time_col="ts", rating_col="score", category_col="genre", **kw)
 
 
 def test_table_csv_and_parquet_read_the_same(tmp_path):
@@ -280,11 +276,7 @@ def test_table_csv_and_parquet_read_the_same(tmp_path):
     assert rows(csv_raw) == rows(pq_raw)
     assert csv_raw.time_unit == "us" and rows(csv_raw)[0] == ("u2", "i9", 1614592800 * 10**6)
     # i1's first row has an empty genre: the first non-empty one counts.
-    assert (
-        categories_by_item(csv_raw)
-        == categories_by_item(pq_raw)
-        == {"i1": "pop", "i10": "rock", "i7": "rock", "i9": "jazz"}
-    )
+    assert categories_by_item(csv_raw) == categories_by_item(pq_raw) == {"i1": "pop", "i10": "rock", "i7": "rock", "i9": "jazz"}
 
 
 def test_table_integer_ids_and_times_from_parquet(tmp_path):

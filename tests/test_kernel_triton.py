@@ -45,16 +45,31 @@ EPS = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11
 # Inputs (parent) and the child process
 # ---------------------------------------------------------------------------------------------
 
-def _case(name, n, dtype=torch.float32, seed=0, block=None, mask=None, k=1, weights=None, logits=None, labels=None,
-          shape=None, weight_dtype=torch.float32, grads=("x", "w"), reduce_add=None, repeats=1):
+
+def _case(
+    name,
+    n,
+    dtype=torch.float32,
+    seed=0,
+    block=None,
+    mask=None,
+    k=1,
+    weights=None,
+    logits=None,
+    labels=None,
+    shape=None,
+    weight_dtype=torch.float32,
+    grads=("x", "w"),
+    reduce_add=None,
+    repeats=1,
+):
     g = torch.Generator().manual_seed(seed)
     x = logits if logits is not None else torch.randn(n, generator=g) * 4
     y = labels if labels is not None else (torch.rand(n, generator=g) > 0.5).float()
     w = weights if weights is not None else torch.rand(n // k, generator=g) + 0.05
     if shape is not None:
         x, y = x.reshape(shape), y.reshape(shape)
-    return dict(name=name, x=x.to(dtype), y=y, w=w.to(weight_dtype), mask=mask, block=block, grads=grads,
-                reduce_add=reduce_add, repeats=repeats)
+    return dict(name=name, x=x.to(dtype), y=y, w=w.to(weight_dtype), mask=mask, block=block, grads=grads, reduce_add=reduce_add, repeats=repeats)
 
 
 def make_cases() -> list[dict]:
@@ -73,19 +88,23 @@ def make_cases() -> list[dict]:
         _case("fp32-default-tiles", 2 * 65536 + 3, seed=3),
         _case("fp32-soft-labels", 301, seed=4, labels=torch.rand(301, generator=g)),
         _case("fp32-bool-labels", 64, seed=5, labels=torch.rand(64, generator=g) > 0.5),
-        _case("fp32-zero-weights", 200, seed=6, block=64,
-              weights=torch.where(torch.rand(200, generator=g) > 0.5, torch.rand(200, generator=g), torch.zeros(200))),
+        _case(
+            "fp32-zero-weights", 200, seed=6, block=64, weights=torch.where(torch.rand(200, generator=g) > 0.5, torch.rand(200, generator=g), torch.zeros(200))
+        ),
         _case("fp32-tiny-weights", 100, seed=7, weights=torch.full((100,), 1e-30)),
-        _case("fp32-mixed-tiny-weights", 100, seed=8,
-              weights=torch.where(torch.arange(100) % 3 == 0, torch.full((100,), 1e-30), torch.rand(100, generator=g))),
+        _case("fp32-mixed-tiny-weights", 100, seed=8, weights=torch.where(torch.arange(100) % 3 == 0, torch.full((100,), 1e-30), torch.rand(100, generator=g))),
         _case("fp32-mask", 500, seed=9, block=128, mask=torch.rand(500, generator=g) > 0.3),
-        _case("fp32-mask-nan-logits", 40, seed=10, mask=torch.arange(40) % 4 != 1,
-              logits=torch.where(torch.arange(40) % 4 == 1, float("nan"), torch.randn(40, generator=g))),
+        _case(
+            "fp32-mask-nan-logits",
+            40,
+            seed=10,
+            mask=torch.arange(40) % 4 != 1,
+            logits=torch.where(torch.arange(40) % 4 == 1, float("nan"), torch.randn(40, generator=g)),
+        ),
         _case("fp32-mask-uint8", 33, seed=11, mask=(torch.rand(33, generator=g) > 0.5).to(torch.uint8)),
         _case("bf16-mask", 257, torch.bfloat16, seed=12, block=64, mask=torch.rand(257, generator=g) > 0.5),
         _case("fp32-W0-zero-weights", 50, seed=13, weights=torch.zeros(50)),
-        _case("fp32-W0-all-masked", 50, seed=14, mask=torch.zeros(50, dtype=torch.bool),
-              logits=torch.full((50,), float("inf"))),
+        _case("fp32-W0-all-masked", 50, seed=14, mask=torch.zeros(50, dtype=torch.bool), logits=torch.full((50,), float("inf"))),
         _case("fp32-empty", 0, seed=15),
         _case("fp32-rows-per-weight-4", 1024, seed=16, k=4, block=256),  # in the kernel
         _case("fp32-rows-per-weight-3", 999, seed=17, k=3, block=256),  # broadcast in torch
@@ -101,9 +120,17 @@ def make_cases() -> list[dict]:
     whole = _case("fp32-reduce-whole", 700, seed=25, block=128, mask=torch.rand(700, generator=g) > 0.2)
     cases.append(whole)
     for name, sl, other in (("fp32-reduce-a", slice(0, 300), slice(300, 700)), ("fp32-reduce-b", slice(300, 700), slice(0, 300))):
-        cases.append(dict(whole, name=name, x=whole["x"][sl], y=whole["y"][sl], w=whole["w"][sl],
-                          mask=whole["mask"][sl], reduce_add=_sums(whole["x"][other], whole["y"][other], whole["w"][other],
-                                                                   whole["mask"][other])))
+        cases.append(
+            dict(
+                whole,
+                name=name,
+                x=whole["x"][sl],
+                y=whole["y"][sl],
+                w=whole["w"][sl],
+                mask=whole["mask"][sl],
+                reduce_add=_sums(whole["x"][other], whole["y"][other], whole["w"][other], whole["mask"][other]),
+            )
+        )
     return cases
 
 
@@ -161,8 +188,9 @@ def kernel_runs(tmp_path_factory):
     cases_path, results_path = tmp / "cases.pt", tmp / "results.pt"
     torch.save(list(CASES.values()), cases_path)
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, __file__, "--child", str(cases_path), str(results_path)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(cases_path), str(results_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0 or not results_path.exists():
         pytest.fail(f"the interpreter child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     out = torch.load(results_path, weights_only=False)
@@ -183,8 +211,7 @@ def _reference(case, x=None, y=None, w=None, mask=None):
     mask = case["mask"] if mask is None else mask
     loss = K.weighted_bce_reference(x, y, w, mask)
     inputs = [t for t in (x, w) if t.requires_grad]
-    grads = dict(zip([n for n in ("x", "w") if n in case["grads"]],
-                     torch.autograd.grad(loss, inputs, grad_outputs=torch.tensor(UPSTREAM, dtype=loss.dtype))))
+    grads = dict(zip([n for n in ("x", "w") if n in case["grads"]], torch.autograd.grad(loss, inputs, grad_outputs=torch.tensor(UPSTREAM, dtype=loss.dtype))))
     return dict(loss=loss.detach(), dx=grads.get("x"), dw=grads.get("w"))
 
 
@@ -222,8 +249,7 @@ def _close(name, got, want, dtype, bound):
         return
     eps_out = EPS[dtype]
     atol = 16 * EPS[torch.float32] * bound + 2 * eps_out * want.float().abs().max().item() + 1e-37
-    torch.testing.assert_close(got.float(), want.float(), rtol=max(4 * eps_out, 1e-6), atol=atol,
-                               msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(got.float(), want.float(), rtol=max(4 * eps_out, 1e-6), atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 def _check_against_reference(got, want, case, bounds):
@@ -290,7 +316,9 @@ def test_deterministic_mode_is_bit_identical(kernel_runs, name):
 def test_importing_the_package_does_not_import_triton(kernel_runs):
     assert kernel_runs["triton_on_import"] is False
 
+
 # --- in-process: dispatch and the reference ----------------------------------------------
+
 
 def test_dispatch_picks_the_reference_on_cpu():
     x = torch.randn(5)

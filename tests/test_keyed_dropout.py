@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_checks import random_batch
 from torch import nn
 
 from atjt_dist.config import RecognizerConfig, build_config
@@ -24,8 +25,6 @@ from atjt_dist.models.layers import (
     name_dropout_layers,
 )
 from atjt_dist.models.recognizers.transformer import TokenLayout
-
-from model_checks import random_batch
 
 SPEC = ModelSpec(num_users=30, num_items=40, num_categories=5, history_length=7)
 
@@ -169,15 +168,17 @@ def test_a_model_computes_a_row_the_same_in_a_batch_and_in_half_of_it(kind):
 
 
 def test_recogniser_rows_are_numbered_after_the_recommenders_whatever_the_world(tiny_dataset):
-    from atjt_dist.atjt import Schedule
-    from atjt_dist.data.dataset import TrainingData
     from conftest import PAPER_SCHEDULE
+
+    from atjt_dist.data.dataset import TrainingData
+    from atjt_dist.schedule import Schedule
 
     cfg = build_config([*PAPER_SCHEDULE, "--train.batch_size=64", "--atjt.recognizer_batch_size=32", "--atjt.num_parts=3"])
 
     def schedule(rank, world):
-        data = TrainingData(tiny_dataset, history_length=cfg.data.history_length, seed=cfg.seed, rank=rank, world=world,
-                            split=cfg.data.split, mode=cfg.data.mode)
+        data = TrainingData(
+            tiny_dataset, history_length=cfg.data.history_length, seed=cfg.seed, rank=rank, world=world, split=cfg.data.split, mode=cfg.data.mode
+        )
         return Schedule(data, cfg)
 
     plan = next(iter(schedule(0, 1).steps()))

@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cluster import NETNS_TOOLS, SLURM_TOOLS, NetnsHosts, SlurmCluster, missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,9 +57,28 @@ eval:
 """
 TIMEOUT = 420  # seconds per run; a run takes ~40 s on an idle 2-core machine
 LAUNCH_VARS = {
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-    "NPROC", "NNODES", "NODE_RANK", "RDZV_ENDPOINT", "RDZV_ID", "RDZV_CONF", "LOCAL_ADDR", "CONFIG",
-    "RUN_DIR", "LOG_RANK", "LOG_DIR", "MAX_RESTARTS", "DRY_RUN", "ATJT_ROOT", "ATJT_VENV",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NPROC",
+    "NNODES",
+    "NODE_RANK",
+    "RDZV_ENDPOINT",
+    "RDZV_ID",
+    "RDZV_CONF",
+    "LOCAL_ADDR",
+    "CONFIG",
+    "RUN_DIR",
+    "LOG_RANK",
+    "LOG_DIR",
+    "MAX_RESTARTS",
+    "DRY_RUN",
+    "ATJT_ROOT",
+    "ATJT_VENV",
 }
 
 
@@ -196,8 +214,13 @@ def test_two_hosts_in_network_namespaces(netns_hosts, reference_run, small_confi
     """Two namespaces, one ``run_train.sh`` each, c10d rendezvous on 10.77.0.1: the same run."""
     run_dir = tmp_path / "run"
     env = launch_env(
-        NNODES="2", NPROC="1", MASTER_ADDR=netns_hosts.addrs[0], MASTER_PORT="29400", RDZV_ID="netns-test",
-        CONFIG=str(small_config), RUN_DIR=str(run_dir),
+        NNODES="2",
+        NPROC="1",
+        MASTER_ADDR=netns_hosts.addrs[0],
+        MASTER_PORT="29400",
+        RDZV_ID="netns-test",
+        CONFIG=str(small_config),
+        RUN_DIR=str(run_dir),
     )
     outs = [tmp_path / f"host{i}.out" for i in range(2)]
     procs = []
@@ -263,7 +286,9 @@ def test_slurm_one_node(slurm, reference_run, small_config, tmp_path):
 def test_slurm_two_nodes(slurm, reference_run, small_config, tmp_path):
     cluster = slurm(["n1", "n2"])
     env = launch_env(ATJT_ROOT=str(REPO))
-    job, state, info, output = _run_job(cluster, SBATCH_MULTINODE, [str(small_config), str(tmp_path / "run")], ["--nodes=2", f"--cpus-per-task={cluster.cpus}"], env, tmp_path)
+    job, state, info, output = _run_job(
+        cluster, SBATCH_MULTINODE, [str(small_config), str(tmp_path / "run")], ["--nodes=2", f"--cpus-per-task={cluster.cpus}"], env, tmp_path
+    )
     assert state == "COMPLETED" and info.get("ExitCode") == "0:0", output[-5000:] + cluster.logs()
     # n1 does not resolve: the script took the rendezvous address from Slurm's NodeAddr.
     assert f"2 nodes (n[1-2]) x 1 process(es), rendezvous 127.0.0.1:{20000 + int(job) % 20000}" in output

@@ -8,13 +8,12 @@ import math
 
 import pytest
 import torch
+from test_cross_fitting_leak import _dense
 
 from atjt_dist.config import ConfigError, build_config
 from atjt_dist.optim import lr_decay_factor
-from atjt_dist.atjt import RECOGNIZER_ONLY
+from atjt_dist.schedule import RECOGNIZER_ONLY
 from atjt_dist.trainer import Trainer
-
-from test_cross_fitting_leak import _dense
 
 
 def _cfg(*flags: str):
@@ -39,9 +38,15 @@ def test_the_decay_factor_holds_then_falls_to_zero_after_the_last_step():
 @pytest.mark.parametrize("variant", ["joint", "two_stage"])
 def test_recommender_steps_are_counted_as_the_schedule_runs_them(tiny_dataset, tmp_path, variant):
     cfg = _cfg(
-        f"--data.path={tiny_dataset}", f"--run-dir={tmp_path}", "--train.batch_size=64", "--train.epochs=2",
-        "--atjt.recognizer_batch_size=32", "--atjt.recognizer_warmup_steps=3", f"--atjt.variant={variant}",
-        "--no-train.progress_bar", "--no-log.tensorboard",
+        f"--data.path={tiny_dataset}",
+        f"--run-dir={tmp_path}",
+        "--train.batch_size=64",
+        "--train.epochs=2",
+        "--atjt.recognizer_batch_size=32",
+        "--atjt.recognizer_warmup_steps=3",
+        f"--atjt.variant={variant}",
+        "--no-train.progress_bar",
+        "--no-log.tensorboard",
     )
     trainer = Trainer(cfg)
     try:
@@ -61,9 +66,14 @@ def test_a_zero_learning_rate_freezes_the_recommender_and_not_the_recogniser(tin
     from atjt_dist.optim import set_recommender_lr
 
     cfg = _cfg(
-        f"--data.path={tiny_dataset}", f"--run-dir={tmp_path}", "--train.batch_size=64",
-        "--atjt.recognizer_batch_size=32", "--atjt.recognizer_warmup_steps=0", "--no-train.progress_bar",
-        "--checkpoint.every=0", "--no-log.tensorboard",
+        f"--data.path={tiny_dataset}",
+        f"--run-dir={tmp_path}",
+        "--train.batch_size=64",
+        "--atjt.recognizer_batch_size=32",
+        "--atjt.recognizer_warmup_steps=0",
+        "--no-train.progress_bar",
+        "--checkpoint.every=0",
+        "--no-log.tensorboard",
     )
     trainer = Trainer(cfg)
     try:
@@ -98,9 +108,16 @@ def test_the_logged_learning_rate_follows_the_schedule(tiny_dataset, tmp_path):
     from atjt_dist.trainer import run_training
 
     cfg = _cfg(
-        f"--data.path={tiny_dataset}", f"--run-dir={tmp_path}", "--train.batch_size=64", "--train.epochs=1",
-        "--atjt.enabled=false", "--train.log_every=1", "--no-train.progress_bar", "--checkpoint.every=0",
-        "--no-log.tensorboard", "--no-log.user_weights",
+        f"--data.path={tiny_dataset}",
+        f"--run-dir={tmp_path}",
+        "--train.batch_size=64",
+        "--train.epochs=1",
+        "--atjt.enabled=false",
+        "--train.log_every=1",
+        "--no-train.progress_bar",
+        "--checkpoint.every=0",
+        "--no-log.tensorboard",
+        "--no-log.user_weights",
     )
     trainer, _ = run_training(cfg)
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

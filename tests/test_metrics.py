@@ -168,9 +168,7 @@ def test_paper_ndcg_maximum():
     assert Z5 == pytest.approx(2.3046663059874, abs=1e-12)
     assert candidate_metrics(top, k=5)["ndcg@5"] == 1.0
     z10 = sum(1 / math.log2(i + 2) for i in range(1, 11))
-    assert candidate_metrics(top, k=10, paper_compat=True)["ndcg@10"] == pytest.approx(
-        1 / math.log2(3) / z10, abs=TOL
-    )
+    assert candidate_metrics(top, k=10, paper_compat=True)["ndcg@10"] == pytest.approx(1 / math.log2(3) / z10, abs=TOL)
 
 
 def test_paper_hr_requires_probability_above_half():
@@ -198,9 +196,7 @@ def test_valid_mask_leaves_out_padding_rows():
     padded = scores.clone()
     padded[~valid] = float("nan")  # whatever padding rows hold, they must not matter
     for paper in (False, True):
-        assert candidate_metrics(padded, valid=valid, paper_compat=paper) == candidate_metrics(
-            scores[valid], paper_compat=paper
-        )
+        assert candidate_metrics(padded, valid=valid, paper_compat=paper) == candidate_metrics(scores[valid], paper_compat=paper)
     assert finalize(candidate_metric_sums(padded, valid=valid))["users"] == 7
     assert candidate_metrics(scores, valid=valid) != candidate_metrics(scores)
     nothing = finalize(candidate_metric_sums(scores, valid=torch.zeros(10, dtype=torch.bool)))

@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import PAPER_SCHEDULE
+from model_checks import random_batch, with_garbage_padding
+
 from atjt_dist.config import ConfigError, DCNConfig, ModelConfig, WideDeepConfig, build_config
 from atjt_dist.models import ModelSpec, build_recommender
 from atjt_dist.models.batch import embed
 from atjt_dist.models.dcn import CrossLayer, embedded_fields
 from atjt_dist.models.wide_deep import WIDE_PACK, WidePart, hash_cross
 from atjt_dist.optim import _is_table
-
-from model_checks import random_batch, with_garbage_padding
 
 SPEC = ModelSpec(num_users=30, num_items=40, num_categories=5, history_length=7)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
@@ -225,8 +224,17 @@ def _train(tiny_dataset, run_dir, name, *extra):
     from atjt_dist.trainer import Trainer
 
     cfg = build_config(
-        [*PAPER_SCHEDULE, "--data.path", str(tiny_dataset), f"--model.name={name}", "--train.batch_size=64", f"--run-dir={run_dir}",
-         "--no-train.progress_bar", "--train.log_every=3", *extra]
+        [
+            *PAPER_SCHEDULE,
+            "--data.path",
+            str(tiny_dataset),
+            f"--model.name={name}",
+            "--train.batch_size=64",
+            f"--run-dir={run_dir}",
+            "--no-train.progress_bar",
+            "--train.log_every=3",
+            *extra,
+        ]
     )
     trainer = Trainer(cfg)
     try:

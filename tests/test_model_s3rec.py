@@ -276,8 +276,19 @@ def _full_tensor(t) -> torch.Tensor:
 
 
 def _finetune_args(data, run_dir, ckpt, *extra):
-    return ["--data.path", str(data), *SMALL, "--model.s3rec.pretrained", str(ckpt), "--train.batch_size=64",
-            "--train.lr=0.05", f"--run-dir={run_dir}", "--no-train.progress_bar", "--train.log_every=1", *extra]
+    return [
+        "--data.path",
+        str(data),
+        *SMALL,
+        "--model.s3rec.pretrained",
+        str(ckpt),
+        "--train.batch_size=64",
+        "--train.lr=0.05",
+        f"--run-dir={run_dir}",
+        "--no-train.progress_bar",
+        "--train.log_every=1",
+        *extra,
+    ]
 
 
 def test_fine_tuning_from_the_checkpoint(pretrained, tiny_dataset, tmp_path):
@@ -289,7 +300,12 @@ def test_fine_tuning_from_the_checkpoint(pretrained, tiny_dataset, tmp_path):
     trainer = Trainer(cfg)
     try:
         state = trainer.model.state_dict()
-        for key in ("embeddings.embeddings.rec_item.weight", "embeddings.embeddings.rec_category.weight", "positions.weight", "encoder.blocks.0.attention.qkv.weight"):
+        for key in (
+            "embeddings.embeddings.rec_item.weight",
+            "embeddings.embeddings.rec_category.weight",
+            "positions.weight",
+            "encoder.blocks.0.attention.qkv.weight",
+        ):
             assert torch.equal(_full_tensor(state[f"recommender.{key}"]), ckpt["model"][key]), key
         trainer.train()
         metrics = trainer.evaluate()
@@ -321,7 +337,7 @@ def test_fine_tuning_with_atjt_and_next_item(pretrained, tiny_dataset, tmp_path)
 
 
 def test_a_checkpoint_of_another_run_is_refused(pretrained, tiny_dataset, tmp_path):
-    from atjt_dist.atjt import JointModel
+    from atjt_dist.joint import JointModel
 
     ckpt = pretrained / "pretrain.pt"
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import PAPER_SCHEDULE
 from model_checks import random_batch
 
-from conftest import PAPER_SCHEDULE
 from atjt_dist.config import ConfigError, ModelConfig, build_config
 from atjt_dist.metrics import candidate_metrics
 from atjt_dist.models import ModelSpec, build_recommender
@@ -57,6 +57,7 @@ def _hidden(model, batch: SequenceBatch) -> torch.Tensor:
 
 def _padded(batch: SequenceBatch, width: int) -> SequenceBatch:
     """The same rows laid out on ``width`` columns (zero padding added or trailing padding cut)."""
+
     def fit(t):
         if t is None:
             return None
@@ -254,6 +255,60 @@ def test_fearec_extra_loss_reuses_the_training_forwards_lookups(monkeypatch):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("name", ["sasrec", "fearec", "s3rec"])
+def test_pointwise_training_encodes_each_history_once_with_the_same_logits_and_gradients(name, monkeypatch):
+    """score_pairs (what a pointwise training step calls) encodes the shared histories once and
+    gives forward's logits and gradients (dropout off), with half the encoder rows."""
+    from atjt_dist.models import base
+
+    cfg = ModelConfig(name=name)
+    torch.manual_seed(0)
+    model = build_recommender(SPEC, cfg).train()
+    batch = _pointwise_training_batch()
+    encoded = []
+    real = type(model).last_hidden
+
+    def counting(self, b, e):
+        encoded.append(len(b))
+        return real(self, b, e)
+
+    monkeypatch.setattr(type(model), "last_hidden", counting)
+    grads = []
+    for score in (model.forward, model.score_pairs):
+        model.zero_grad()
+        logits = score(batch)
+        (logits * torch.linspace(-1, 1, len(batch))).sum().backward()
+        grads.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert encoded == [12, 6]  # 12 rows: 6 histories, each with a positive and a negative
+    (want, want_grads), (got, got_grads) = grads
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert got_grads.keys() == want_grads.keys()
+    for n in want_grads:
+        # float32 sums in another order: differences of ~1e-7 of the largest gradient
+        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-5, atol=1e-6 * want_grads[n].abs().max().item(), msg=n)
+    assert base.SequentialRecommender.score_pairs is not base.Recommender.score_pairs
+
+
+def test_fearec_extra_loss_reuses_the_lookups_of_score_pairs(monkeypatch):
+    from atjt_dist.models import base, fearec
+    from atjt_dist.models import batch as batch_module
+
+    calls = []
+    real = batch_module.embed
+
+    def counting(ec, b):
+        calls.append(len(b))
+        return real(ec, b)
+
+    for module in (base, batch_module, fearec):
+        monkeypatch.setattr(module, "embed", counting, raising=False)
+    model = _model("fearec", "start", dropout=0.5).train()
+    batch = _pointwise_training_batch()
+    model.score_pairs(batch)
+    total, rows = model.extra_loss(batch)
+    assert calls == [6] and rows == 6 and torch.isfinite(total)
+
+
 def _reference_info_nce(z1, z2, temperature):
     """The authors' info_nce + CrossEntropyLoss (mean over the 2N views)."""
     N = len(z1)
@@ -322,10 +377,21 @@ def _train(tiny_dataset, tmp_path, *args) -> tuple[dict, dict, list[dict]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = build_config([
-            *PAPER_SCHEDULE, "--data.path", str(tiny_dataset), "--train.batch_size=64", "--train.epochs=3", "--train.log_every=1",
-            "--train.lr=0.01", "--eval.batch_users=40", f"--run-dir={tmp_path}", "--no-train.progress_bar", *args,
-        ])
+        cfg = build_config(
+            [
+                *PAPER_SCHEDULE,
+                "--data.path",
+                str(tiny_dataset),
+                "--train.batch_size=64",
+                "--train.epochs=3",
+                "--train.log_every=1",
+                "--train.lr=0.01",
+                "--eval.batch_users=40",
+                f"--run-dir={tmp_path}",
+                "--no-train.progress_bar",
+                *args,
+            ]
+        )
         trainer = Trainer(cfg)
         try:
             trainer.train()
@@ -354,8 +420,13 @@ def _train(tiny_dataset, tmp_path, *args) -> tuple[dict, dict, list[dict]]:
 )
 def test_training_learns_and_beats_popularity(tiny_dataset, tmp_path, name, objective, extra):
     metrics, popularity, steps = _train(
-        tiny_dataset, tmp_path, "--config", str(REPO / f"configs/models/{name}.yaml"),
-        f"--model.objective={objective}", "--atjt.enabled=false", *extra,
+        tiny_dataset,
+        tmp_path,
+        "--config",
+        str(REPO / f"configs/models/{name}.yaml"),
+        f"--model.objective={objective}",
+        "--atjt.enabled=false",
+        *extra,
     )
     assert steps and all(math.isfinite(r["loss"]) for r in steps)
     rec = [r["loss_rec"] for r in steps]  # FEARec's total also holds its contrastive terms
@@ -367,9 +438,16 @@ def test_training_learns_and_beats_popularity(tiny_dataset, tmp_path, name, obje
 @pytest.mark.slow
 def test_training_with_atjt_gives_finite_losses(tiny_dataset, tmp_path):
     metrics, _, steps = _train(
-        tiny_dataset, tmp_path, "--config", str(REPO / "configs/models/fearec.yaml"), "--model.objective=next_item",
-        "--model.fearec.hidden=32", "--model.fearec.inner=64", "--atjt.enabled=true",
-        "--atjt.recognizer_batch_size=32", "--train.max_steps=6",
+        tiny_dataset,
+        tmp_path,
+        "--config",
+        str(REPO / "configs/models/fearec.yaml"),
+        "--model.objective=next_item",
+        "--model.fearec.hidden=32",
+        "--model.fearec.inner=64",
+        "--atjt.enabled=true",
+        "--atjt.recognizer_batch_size=32",
+        "--train.max_steps=6",
     )
     assert len(steps) == 6
     assert all(math.isfinite(r[k]) for r in steps for k in ("loss", "loss_rec", "loss_aux", "loss_extra"))

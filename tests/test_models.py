@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_checks import gradcheck_parameters, random_batch, with_garbage_padding
 
 from atjt_dist.config import ModelConfig, RecognizerConfig
 from atjt_dist.models import REGISTRY, ModelSpec, NoiseRecognizer, build_recommender
 from atjt_dist.models.layers import Dice
-
-from model_checks import gradcheck_parameters, random_batch, with_garbage_padding
 
 SPEC = ModelSpec(num_users=30, num_items=40, num_categories=5, history_length=7)
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import PAPER_SCHEDULE
 
 MODELS = ("din", "dcn", "wide_deep", "fearec", "sasrec", "s3rec")
@@ -28,12 +27,37 @@ def test_all_six_models_with_and_without_atjt_on_two_processes(tiny_dataset, tmp
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "atjt_dist.reproduce",
-        "--datasets", "tiny", "--models", ",".join(MODELS), "--methods", "base,atjt", "--seeds", "1",
-        "--data-root", str(tiny_dataset.parent), "--grid-dir", str(grid), "--run-dir", str(root),
-        "--train.batch_size=64", "--atjt.recognizer_batch_size=32", "--train.max_steps=6", "--train.log_every=3",
-        "--eval.batch_users=64", "--no-train.progress_bar", "--checkpoint.every=0", "--log.tensorboard=false",
-        "--model.s3rec.pretrain_epochs=1", *PAPER_SCHEDULE,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "atjt_dist.reproduce",
+        "--datasets",
+        "tiny",
+        "--models",
+        ",".join(MODELS),
+        "--methods",
+        "base,atjt",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(tiny_dataset.parent),
+        "--grid-dir",
+        str(grid),
+        "--run-dir",
+        str(root),
+        "--train.batch_size=64",
+        "--atjt.recognizer_batch_size=32",
+        "--train.max_steps=6",
+        "--train.log_every=3",
+        "--eval.batch_users=64",
+        "--no-train.progress_bar",
+        "--checkpoint.every=0",
+        "--log.tensorboard=false",
+        "--model.s3rec.pretrain_epochs=1",
+        *PAPER_SCHEDULE,
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -17,8 +17,12 @@ def _rec(rows=8, seed=0):
     half = rows // 2
     z = torch.zeros(rows, 3, dtype=torch.long)
     return SequenceBatch(
-        user=torch.arange(rows) % half, hist=z, hist_cat=z, lengths=torch.full((rows,), 3),
-        target=torch.arange(rows), target_cat=torch.zeros(rows, dtype=torch.long),
+        user=torch.arange(rows) % half,
+        hist=z,
+        hist_cat=z,
+        lengths=torch.full((rows,), 3),
+        target=torch.arange(rows),
+        target_cat=torch.zeros(rows, dtype=torch.long),
         label=torch.cat([torch.ones(half), torch.zeros(half)]),
     ), torch.randn(rows, generator=g) * 2
 

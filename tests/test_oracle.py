@@ -8,13 +8,23 @@ import numpy as np
 import pytest
 
 from atjt_dist import train
-from atjt_dist.atjt import Schedule
 from atjt_dist.config import ConfigError, SyntheticConfig, build_config
 from atjt_dist.data.dataset import TrainingData
 from atjt_dist.data.synthetic import ensure_dataset
+from atjt_dist.schedule import Schedule
 
-SMALL = dict(users=900, items=200, clusters=8, mean_length=14.0, min_length=5, noisy_user_share=0.3,
-             noisy_item_share=0.3, noise_kind="random", noise_in_targets=True, clean_test_fold=0)
+SMALL = dict(
+    users=900,
+    items=200,
+    clusters=8,
+    mean_length=14.0,
+    min_length=5,
+    noisy_user_share=0.3,
+    noisy_item_share=0.3,
+    noise_kind="random",
+    noise_in_targets=True,
+    clean_test_fold=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +44,7 @@ def _planted_in_history(data, b) -> np.ndarray:
     value: synthetic noise never plants an item the user already has)."""
     a = data.arrays
     offsets = np.asarray(a.seq_offsets)
-    planted_items = [set(np.asarray(a.seq_items)[offsets[u]:offsets[u + 1]][a.planted[offsets[u]:offsets[u + 1]]].tolist()) for u in b.user]
+    planted_items = [set(np.asarray(a.seq_items)[offsets[u] : offsets[u + 1]][a.planted[offsets[u] : offsets[u + 1]]].tolist()) for u in b.user]
     return np.array([[bool(b.hist[r, c]) and b.hist[r, c] in planted_items[r] for c in range(b.hist.shape[1])] for r in range(len(b))])
 
 
@@ -76,8 +86,8 @@ def test_item_oracle_weight_is_zero_exactly_for_planted_targets(noisy_dataset):
         half = len(b) // 2
         for r in range(half):
             u, t = b.user[r], b.target[r]
-            seq = np.asarray(a.seq_items)[offsets[u]:offsets[u + 1]]
-            planted = a.planted[offsets[u]:offsets[u + 1]]
+            seq = np.asarray(a.seq_items)[offsets[u] : offsets[u + 1]]
+            planted = a.planted[offsets[u] : offsets[u + 1]]
             positions = np.flatnonzero(seq == t)
             assert len(positions) == 1  # synthetic sequences hold an item once
             assert b.weight[r] == (0.0 if planted[positions[0]] else 1.0)
@@ -100,16 +110,16 @@ def test_item_oracle_on_inserted_noise_leaves_exactly_the_clean_history(tmp_path
         half = len(b) // 2
         for r in range(half):
             u = b.user[r]
-            seq = np.asarray(a.seq_items)[offsets[u]:offsets[u + 1]]
-            planted = a.planted[offsets[u]:offsets[u + 1]]
-            own = clean.clean_items[clean.clean_offsets[u]:clean.clean_offsets[u + 1]]
+            seq = np.asarray(a.seq_items)[offsets[u] : offsets[u + 1]]
+            planted = a.planted[offsets[u] : offsets[u + 1]]
+            own = clean.clean_items[clean.clean_offsets[u] : clean.clean_offsets[u + 1]]
             np.testing.assert_array_equal(seq[~planted], own)  # removing the truth gives the clean sequence
             pos = int(np.flatnonzero(seq == b.target[r])[0])
-            history = seq[pos - p.lengths[r]:pos]  # the plain window
-            kept = history[~planted[pos - p.lengths[r]:pos]]
+            history = seq[pos - p.lengths[r] : pos]  # the plain window
+            kept = history[~planted[pos - p.lengths[r] : pos]]
             n_own = int((~planted[:pos]).sum())  # own items before the target
-            assert np.array_equal(b.hist[r, : b.lengths[r]], kept) and not b.hist[r, b.lengths[r]:].any()
-            np.testing.assert_array_equal(kept, own[n_own - len(kept):n_own])  # a clean window
+            assert np.array_equal(b.hist[r, : b.lengths[r]], kept) and not b.hist[r, b.lengths[r] :].any()
+            np.testing.assert_array_equal(kept, own[n_own - len(kept) : n_own])  # a clean window
             assert b.weight[r] == (0.0 if planted[pos] else 1.0)
             removed += p.lengths[r] - b.lengths[r]
             zero += b.weight[r] == 0.0
@@ -127,9 +137,18 @@ def test_oracle_needs_ground_truth(tiny_dataset):
 @pytest.mark.parametrize("method", ["oracle", "oracle_item"])
 def test_oracle_trains_end_to_end(noisy_dataset, tmp_path, method):
     run = tmp_path / method
-    argv = [f"--data.path={noisy_dataset}", f"--objective.name={method}", "--data.mode=sliding", "--train.lr=0.05",
-            "--train.max_steps=12", "--train.log_every=6", "--no-train.progress_bar", "--checkpoint.every=0",
-            "--no-log.tensorboard", f"--run-dir={run}"]
+    argv = [
+        f"--data.path={noisy_dataset}",
+        f"--objective.name={method}",
+        "--data.mode=sliding",
+        "--train.lr=0.05",
+        "--train.max_steps=12",
+        "--train.log_every=6",
+        "--no-train.progress_bar",
+        "--checkpoint.every=0",
+        "--no-log.tensorboard",
+        f"--run-dir={run}",
+    ]
     assert train.main(argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == method and 0.0 < metrics["auc"] < 1.0
@@ -143,9 +162,18 @@ def test_item_level_scores_are_exported_and_audited(noisy_dataset, tmp_path):
     from atjt_dist.score import score_run
 
     run = tmp_path / "transformer"
-    argv = [f"--data.path={noisy_dataset}", "--atjt.recognizer.kind=transformer", "--atjt.recognizer_warmup_steps=40",
-            "--atjt.recognizer_lrs=[0.1]", "--train.max_steps=60", "--train.log_every=20", "--no-train.progress_bar",
-            "--checkpoint.every=0", "--no-log.tensorboard", f"--run-dir={run}"]
+    argv = [
+        f"--data.path={noisy_dataset}",
+        "--atjt.recognizer.kind=transformer",
+        "--atjt.recognizer_warmup_steps=40",
+        "--atjt.recognizer_lrs=[0.1]",
+        "--train.max_steps=60",
+        "--train.log_every=20",
+        "--no-train.progress_bar",
+        "--checkpoint.every=0",
+        "--no-log.tensorboard",
+        f"--run-dir={run}",
+    ]
     assert train.main(argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["noise_item_auc"] <= 1.0 and 0.0 <= metrics["noise_weight_auc"] <= 1.0

@@ -11,23 +11,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from runs import SHORT_RUN
 
 from atjt_dist import train
 
-from conftest import PAPER_SCHEDULE
-
 # One short epoch of the baseline (no recogniser: the cheapest run that still learns the tiny
 # data, as the reproduce test relies on).
-SHORT = [
-    *PAPER_SCHEDULE,
-    "--atjt.enabled=false",
-    "--train.batch_size=64",
-    "--train.epochs=1",
-    "--train.log_every=2",
-    "--eval.batch_users=64",
-    "--no-train.progress_bar",
-    "--no-log.tensorboard",
-]
+SHORT = [*SHORT_RUN, "--atjt.enabled=false", "--train.epochs=1", "--no-log.tensorboard"]
 
 WARNING = "is not above the popularity ranker's"
 

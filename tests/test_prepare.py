@@ -91,10 +91,7 @@ def sequences_by_raw_id(path: Path) -> dict[str, list[str]]:
     users = pq.read_table(path / "users.parquet").column("raw_user").to_pylist()
     items = pq.read_table(path / "items.parquet").column("raw_item").to_pylist()
     ds = open_arrays(path)
-    return {
-        users[u]: [items[i - 1] for i in ds.seq_items[ds.seq_offsets[u] : ds.seq_offsets[u + 1]]]
-        for u in range(ds.num_users)
-    }
+    return {users[u]: [items[i - 1] for i in ds.seq_items[ds.seq_offsets[u] : ds.seq_offsets[u + 1]]] for u in range(ds.num_users)}
 
 
 def step(meta: dict, name: str) -> dict:
@@ -242,9 +239,7 @@ def test_fashion_gzipped_json_with_few_candidates(tmp_path, capsys):
     path = shared("amazon2018-magazine-fashion", "AMAZON_FASHION_5.json.gz")
     code, _, err = run_main(capsys, "--format", "amazon", "--input", path, "--output", tmp_path / "f")
     # 12 items survive the user 5-core and a user owns 9: 63 negatives cannot be drawn.
-    assert_refused(
-        code, err, tmp_path / "f", "leaving fewer than 63 negatives for its test candidates; lower --candidates"
-    )
+    assert_refused(code, err, tmp_path / "f", "leaving fewer than 63 negatives for its test candidates; lower --candidates")
     meta = prepared(capsys, tmp_path / "fashion", "--format", "amazon", "--input", path, "--candidates", "4")
     assert meta["read"] == {"rows": 3_176, "users": 406, "items": 31, "categories": 0}
     assert step(meta, "duplicates")["rows"] == 134
@@ -409,9 +404,7 @@ def assert_refused(code: int, err: str, output: Path, message: str) -> None:
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "atjt_dist.data.prepare", *map(str, argv)], capture_output=True, text=True, cwd=REPO
-    )
+    return subprocess.run([sys.executable, "-m", "atjt_dist.data.prepare", *map(str, argv)], capture_output=True, text=True, cwd=REPO)
 
 
 def test_cli_missing_file(tmp_path):
@@ -420,9 +413,7 @@ def test_cli_missing_file(tmp_path):
 
 
 def test_cli_unknown_format(tmp_path):
-    done = run_cli(
-        "--format", "netflix", "--input", FIXTURES / "seqtxt" / "sequences.txt", "--output", tmp_path / "out"
-    )
+    done = run_cli("--format", "netflix", "--input", FIXTURES / "seqtxt" / "sequences.txt", "--output", tmp_path / "out")
     assert_refused(done.returncode, done.stderr, tmp_path / "out", "invalid choice: 'netflix'")
 
 
@@ -443,9 +434,7 @@ def test_debug_shows_the_traceback(tmp_path):
     [
         (lambda d: _write(d / "t.csv", "user,item,when\nu,i,1\n"), ["--format", "table"], "missing column(s) 'time'"),
         (
-            lambda d: _write(
-                d / "r.json", '{"reviewerID": "a", "asin": "b", "unixReviewTime": 1}\n{"reviewerID": "a"}\n'
-            ),
+            lambda d: _write(d / "r.json", '{"reviewerID": "a", "asin": "b", "unixReviewTime": 1}\n{"reviewerID": "a"}\n'),
             ["--format", "amazon"],
             "r.json, line 2: no 'asin' value",
         ),
@@ -574,10 +563,16 @@ def test_dataset_directory_is_readable_by_others_and_revisits_count_once(tmp_pat
     old = os.umask(0o022)
     try:
         out = write_dataset(
-            tmp_path / "ds", seq_items=seq, seq_offsets=offsets, seq_times=np.arange(83),
-            raw_users=pa.array(["a", "b"]), raw_items=pa.array([str(i) for i in range(1, 11)]),
-            item_category=np.zeros(11, dtype=np.int32), category_names=pa.array([], type=pa.string()),
-            meta={"format": "test"}, num_candidates=8,
+            tmp_path / "ds",
+            seq_items=seq,
+            seq_offsets=offsets,
+            seq_times=np.arange(83),
+            raw_users=pa.array(["a", "b"]),
+            raw_items=pa.array([str(i) for i in range(1, 11)]),
+            item_category=np.zeros(11, dtype=np.int32),
+            category_names=pa.array([], type=pa.string()),
+            meta={"format": "test"},
+            num_candidates=8,
         )
     finally:
         os.umask(old)

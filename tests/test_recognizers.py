@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from model_checks import gradcheck_parameters, random_batch, with_garbage_padding
 
 from atjt_dist.config import ConfigError, RecognizerConfig
 from atjt_dist.models import ModelSpec, NoiseRecognizer, build_recognizer
 from atjt_dist.models.batch import SequenceBatch
 from atjt_dist.models.recognizers import MAX_LOGIT, log1mexp, reverse_position_ids, sequence_logits
-
-from model_checks import gradcheck_parameters, random_batch, with_garbage_padding
 
 SPEC = ModelSpec(num_users=30, num_items=40, num_categories=5, history_length=7)
 KINDS = ["din", "din_pos", "transformer"]
@@ -153,10 +152,26 @@ def test_transformer_dropout_acts_in_training_only():
 # The train logits were recorded again when dropout became keyed (models/layers.py, Dropout:
 # outside a training step its key comes from torch's generator); the network is the same.
 _DIN_PARAMETER_SUM = 74.02739878077409
-_DIN_EVAL = [-0.07423806935548782, -0.037554603070020676, -0.010732382535934448, 0.0008845292031764984,
-             -0.06632641702890396, -0.03359620273113251, -0.023518025875091553, 0.036687612533569336]
-_DIN_TRAIN = [-0.13997454941272736, -0.037554603070020676, -0.01814546436071396, 0.004994291812181473,
-              -0.06632641702890396, -0.03359620273113251, -0.023518025875091553, -0.022758297622203827]
+_DIN_EVAL = [
+    -0.07423806935548782,
+    -0.037554603070020676,
+    -0.010732382535934448,
+    0.0008845292031764984,
+    -0.06632641702890396,
+    -0.03359620273113251,
+    -0.023518025875091553,
+    0.036687612533569336,
+]
+_DIN_TRAIN = [
+    -0.13997454941272736,
+    -0.037554603070020676,
+    -0.01814546436071396,
+    0.004994291812181473,
+    -0.06632641702890396,
+    -0.03359620273113251,
+    -0.023518025875091553,
+    -0.022758297622203827,
+]
 
 
 @pytest.mark.parametrize("build", ["class", "kind"])
@@ -330,8 +345,14 @@ def _toy_batch(users: torch.Tensor, g: torch.Generator) -> SequenceBatch:
     cat_of[0] = 0
     target = draw((rows, 1))[:, 0]
     return SequenceBatch(
-        user=users, hist=hist, hist_cat=cat_of[hist] * mask, lengths=lengths, target=target,
-        target_cat=cat_of[target], label=(~corrupt).float(), replaced=replaced,
+        user=users,
+        hist=hist,
+        hist_cat=cat_of[hist] * mask,
+        lengths=lengths,
+        target=target,
+        target_cat=cat_of[target],
+        label=(~corrupt).float(),
+        replaced=replaced,
     )
 
 
@@ -377,4 +398,3 @@ def test_each_kind_learns_the_planted_task(kind):
     if model.item_level:
         mask = held_out.mask
         assert _auc(-items[mask], held_out.replaced[mask]) >= 0.8
-

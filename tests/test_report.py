@@ -16,21 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from runs import SHORT_RUN
 
 from atjt_dist import runlog
 from atjt_dist.runlog import Histogram, MetricsWriter, WeightHistograms
 
-from conftest import PAPER_SCHEDULE
-
-SMALL = [
-    *PAPER_SCHEDULE,
-    "--train.batch_size=64",
-    "--atjt.recognizer_batch_size=32",
-    "--train.epochs=2",
-    "--train.log_every=2",
-    "--eval.batch_users=64",
-    "--no-train.progress_bar",
-]
+SMALL = SHORT_RUN
 TRAIN_SCALARS = ("loss", "loss_rec", "loss_aux", "weight_mean", "w_clean", "w_noisy", "recognizer_auc", "samples_per_s", "lr", "lr_recognizer", "phase")
 
 
@@ -226,7 +217,10 @@ def test_report_on_one_run_plots_its_records(runs, tmp_path):
 def test_report_command_on_a_compare_directory_and_a_run(runs):
     proc = subprocess.run(
         [sys.executable, "-m", "atjt_dist.report", str(runs.compare), str(runs.atjt2)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = runs.compare / "report"  # default: the first RUN_DIR/report
@@ -296,13 +290,18 @@ def test_weight_histograms_count_the_last_epoch_by_label():
     assert h.summary() == {}
     # without ground truth only the corrupted family
     h2 = WeightHistograms(bins, epochs=1, device=torch.device("cpu"))
-    h2.observe(0, {"aux_logits": torch.zeros(4), "weight_logits": torch.zeros(2)}, SimpleNamespace(user=torch.zeros(4, dtype=torch.long)), SimpleNamespace(label=torch.ones(4)))
+    h2.observe(
+        0,
+        {"aux_logits": torch.zeros(4), "weight_logits": torch.zeros(2)},
+        SimpleNamespace(user=torch.zeros(4, dtype=torch.long)),
+        SimpleNamespace(label=torch.ones(4)),
+    )
     assert set(h2.summary()) == {"corrupted"} and h2.summary()["corrupted"]["clean"].counts[5] == 4
 
 
 def test_tensorboard_is_on_by_default_only_where_it_is_installed(monkeypatch):
     for installed in (True, False):
-        monkeypatch.setattr(runlog, "tensorboard_available", lambda: installed)
+        monkeypatch.setattr(runlog, "tensorboard_available", lambda installed=installed: installed)
         assert runlog.use_tensorboard(None) is installed
         assert runlog.use_tensorboard(True) is True and runlog.use_tensorboard(False) is False
 
@@ -355,3 +354,13 @@ def test_metrics_writer_tensorboard_tags_and_resume(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[4]["all"]["counts"] == [2.0, 1.0, 0.0, 1.0] and records[4]["all"]["n"] == 4.0
     assert math.isclose(records[4]["all"]["sum"], 1.45)
+
+
+def test_step_lines_carry_elapsed_time_and_eta():
+    """Off a terminal there is no bar: each step line says how long the run has taken and how
+    long it still needs, from the steps done since the loop (re)started."""
+    assert runlog.duration_text(7.4) == "7s" and runlog.duration_text(725) == "12m05s" and runlog.duration_text(11220) == "3h07m"
+    # resumed at step 100, at step 150 of 300 after 50 s: 1 s per step, 150 steps to go
+    assert runlog.eta_text(1000.0, 100, 150, 300, 1050.0) == "elapsed 50s, eta 2m30s"
+    assert runlog.eta_text(1000.0, 100, 100, 300, 1000.0) == "elapsed 0s, eta ?"
+    assert runlog.eta_text(0.0, 0, 300, 300, 90.0) == "elapsed 1m30s, eta 0s"

@@ -210,8 +210,7 @@ def test_negatives_are_never_the_users_items(data):
     users = rng.integers(0, data.num_users, rows)
     users[::40] = data.num_users - 1  # the heavy user: 3 free items of 400
     out = np.full(rows, -1, dtype=np.int32)
-    S.sample_negatives(stream_key(1, "negatives", 0, 0), np.arange(rows, dtype=np.int64), users,
-                       data.owned, data.owned_offsets, prob, alias, out)
+    S.sample_negatives(stream_key(1, "negatives", 0, 0), np.arange(rows, dtype=np.int64), users, data.owned, data.owned_offsets, prob, alias, out)
     assert out.min() >= 1 and out.max() <= data.num_items
     for r in range(rows):
         assert out[r] not in data.seq(users[r])
@@ -231,8 +230,7 @@ def test_negatives_fallback_for_a_user_owning_nearly_all_the_mass():
     owned_offsets = np.array([0, len(owned)], dtype=np.int64)
     rows = 1600
     out = np.zeros(rows, dtype=np.int32)
-    S.sample_negatives(stream_key(2, "negatives"), np.arange(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64),
-                       owned, owned_offsets, prob, alias, out)
+    S.sample_negatives(stream_key(2, "negatives"), np.arange(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64), owned, owned_offsets, prob, alias, out)
     counts = np.array([(out == f).sum() for f in free])
     assert counts.sum() == rows  # only free items
     expected = np.array([1, 2, 5]) / 8 * rows
@@ -240,8 +238,7 @@ def test_negatives_fallback_for_a_user_owning_nearly_all_the_mass():
     # zero weight on every free item: uniform among them, still never an owned item
     weights[free - 1] = 0.0
     prob, alias = S.build_alias(weights)
-    S.sample_negatives(stream_key(3, "negatives"), np.arange(300, dtype=np.int64), np.zeros(300, dtype=np.int64),
-                       owned, owned_offsets, prob, alias, out[:300])
+    S.sample_negatives(stream_key(3, "negatives"), np.arange(300, dtype=np.int64), np.zeros(300, dtype=np.int64), owned, owned_offsets, prob, alias, out[:300])
     assert set(out[:300].tolist()) == set(free.tolist())
 
 
@@ -249,8 +246,16 @@ def test_negatives_raise_for_a_user_owning_every_item():
     prob, alias = S.build_alias(np.ones(5))
     owned = np.arange(1, 6, dtype=np.int32)
     with pytest.raises(ValueError, match="every one"):
-        S.sample_negatives(stream_key(0, "negatives"), np.arange(3, dtype=np.int64), np.zeros(3, dtype=np.int64),
-                           owned, np.array([0, 5], dtype=np.int64), prob, alias, np.zeros(3, dtype=np.int32))
+        S.sample_negatives(
+            stream_key(0, "negatives"),
+            np.arange(3, dtype=np.int64),
+            np.zeros(3, dtype=np.int64),
+            owned,
+            np.array([0, 5], dtype=np.int64),
+            prob,
+            alias,
+            np.zeros(3, dtype=np.int32),
+        )
 
 
 def test_negatives_are_a_function_of_key_and_row_id(data):
@@ -287,11 +292,21 @@ def test_negatives_parallel_path_equals_serial_path(data, restore_threads):
     for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
         numba.set_num_threads(threads)
         outs.append(S.sample_negatives(key, row_ids, users, data.owned, data.owned_offsets, prob, alias, np.zeros(rows, dtype=np.int32)))
-    serial = np.concatenate([
-        S.sample_negatives(key, row_ids[a:a + 4000], users[a:a + 4000], data.owned, data.owned_offsets, prob, alias,
-                           np.zeros(len(row_ids[a:a + 4000]), dtype=np.int32))
-        for a in range(0, rows, 4000)
-    ])
+    serial = np.concatenate(
+        [
+            S.sample_negatives(
+                key,
+                row_ids[a : a + 4000],
+                users[a : a + 4000],
+                data.owned,
+                data.owned_offsets,
+                prob,
+                alias,
+                np.zeros(len(row_ids[a : a + 4000]), dtype=np.int32),
+            )
+            for a in range(0, rows, 4000)
+        ]
+    )
     for out in outs:
         assert np.array_equal(out, serial)
 
@@ -440,9 +455,17 @@ def corrupt(d: Data, batch, *, seed=0, counters=(0, 0), noisy=None, fraction=0.5
     sl = rows_slice or slice(0, rows)
     h, c, n = hist[sl].copy(), hist_cat[sl].copy(), lengths[sl].copy()
     labels = S.corrupt_batch(
-        seed=seed, counters=counters, row_ids=np.arange(rows, dtype=np.int64)[sl], global_noisy=noisy,
-        global_min_length=global_min, hist=h, hist_cat=c, lengths=n, item_category=d.category,
-        num_items=d.num_items, **kw,
+        seed=seed,
+        counters=counters,
+        row_ids=np.arange(rows, dtype=np.int64)[sl],
+        global_noisy=noisy,
+        global_min_length=global_min,
+        hist=h,
+        hist_cat=c,
+        lengths=n,
+        item_category=d.category,
+        num_items=d.num_items,
+        **kw,
     )
     return h, c, labels, noisy[sl]
 
@@ -469,7 +492,7 @@ def test_corruption_shared_position(data, count):
         rs = set((lengths[r] - cols[r]).tolist())  # r-th most recent: column length - r
         shared_r = rs if shared_r is None else shared_r
         assert rs == shared_r  # one set of r for the whole batch
-        assert np.all(h[r, lengths[r]:] == 0)  # padding untouched
+        assert np.all(h[r, lengths[r] :] == 0)  # padding untouched
         assert h[r, : lengths[r]].min() >= 1
     assert min(shared_r) >= 1 and max(shared_r) <= lengths.min()
 
@@ -577,8 +600,7 @@ def test_corruption_two_rank_slices_equal_the_whole_batch(data, kw):
     noisy = S.noisy_rows(stream_key(0, "corrupt_rows", 5), 300, 0.5)
     global_min = int(batch[2].min())
     whole = corrupt(data, batch, noisy=noisy, counters=(5,), global_min=global_min, **kw)
-    parts = [corrupt(data, batch, noisy=noisy, counters=(5,), global_min=global_min, rows_slice=sl, **kw)
-             for sl in (slice(0, 133), slice(133, 300))]
+    parts = [corrupt(data, batch, noisy=noisy, counters=(5,), global_min=global_min, rows_slice=sl, **kw) for sl in (slice(0, 133), slice(133, 300))]
     for i in range(3):
         assert np.array_equal(np.concatenate([p[i] for p in parts]), whole[i])
     other = corrupt(data, batch, noisy=noisy, counters=(6,), global_min=global_min, **kw)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PAPER_SCHEDULE
 
-from atjt_dist.atjt import JOINT, RECOGNIZER_ONLY, RECOMMENDER_ONLY, Schedule
 from atjt_dist.config import build_config
 from atjt_dist.data.dataset import TrainingData
-from conftest import PAPER_SCHEDULE
+from atjt_dist.schedule import JOINT, RECOGNIZER_ONLY, RECOMMENDER_ONLY, Schedule
 
 
 def _schedule(path, *argv, world=1, rank=0):
     cfg = build_config([*PAPER_SCHEDULE, "--train.batch_size=64", "--atjt.recognizer_batch_size=32", "--train.epochs=2", *argv])
-    data = TrainingData(path, history_length=cfg.data.history_length, seed=cfg.seed, rank=rank, world=world,
-                        split=cfg.data.split, mode=cfg.data.mode)
+    data = TrainingData(path, history_length=cfg.data.history_length, seed=cfg.seed, rank=rank, world=world, split=cfg.data.split, mode=cfg.data.mode)
     return Schedule(data, cfg), data
 
 

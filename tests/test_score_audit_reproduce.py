@@ -10,20 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import write_tiny_dataset
+from runs import SHORT_RUN
 
 from atjt_dist.config import build_config, dump_yaml
 
-from conftest import PAPER_SCHEDULE, write_tiny_dataset
-
-SMALL = [
-    *PAPER_SCHEDULE,
-    "--train.batch_size=64",
-    "--atjt.recognizer_batch_size=32",
-    "--train.epochs=1",
-    "--train.log_every=2",
-    "--eval.batch_users=64",
-    "--no-train.progress_bar",
-]
+SMALL = [*SHORT_RUN, "--train.epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +99,24 @@ def test_audit_plants_noise_in_training_users_only_and_reports_aucs(tiny_dataset
     from atjt_dist.data.layout import open_arrays
 
     root = tmp_path / "audit"
-    argv = ["--data", str(tiny_dataset), "--noise-kind", "random", "--user-share", "0.4", "--item-share", "0.4",
-            "--seed", "3", "--methods", "base,atjt", "--seeds", "42", f"--run-dir={root}", *SMALL]
+    argv = [
+        "--data",
+        str(tiny_dataset),
+        "--noise-kind",
+        "random",
+        "--user-share",
+        "0.4",
+        "--item-share",
+        "0.4",
+        "--seed",
+        "3",
+        "--methods",
+        "base,atjt",
+        "--seeds",
+        "42",
+        f"--run-dir={root}",
+        *SMALL,
+    ]
     assert audit.main(argv) == 0
 
     src, noisy = open_arrays(tiny_dataset), open_arrays(root / "data")
@@ -147,8 +155,24 @@ def test_audit_with_inserted_noise_grows_training_users_only(tiny_dataset, tmp_p
     from atjt_dist.data.layout import open_arrays
 
     root = tmp_path / "audit"
-    argv = ["--data", str(tiny_dataset), "--noise-kind", "insert", "--user-share", "0.4", "--item-share", "0.3",
-            "--seed", "3", "--methods", "base", "--seeds", "42", f"--run-dir={root}", *SMALL]
+    argv = [
+        "--data",
+        str(tiny_dataset),
+        "--noise-kind",
+        "insert",
+        "--user-share",
+        "0.4",
+        "--item-share",
+        "0.3",
+        "--seed",
+        "3",
+        "--methods",
+        "base",
+        "--seeds",
+        "42",
+        f"--run-dir={root}",
+        *SMALL,
+    ]
     assert audit.main(argv) == 0
 
     src, noisy = open_arrays(tiny_dataset), open_arrays(root / "data")
@@ -194,8 +218,23 @@ def test_reproduce_runs_the_grid_then_skips_finished_cells(tiny_dataset, tmp_pat
 
     grid = _grid(tmp_path, tiny_dataset)
     root = tmp_path / "grid-runs"
-    argv = ["--datasets", "tiny", "--models", "din,dcn", "--methods", "base,atjt", "--seeds", "1",
-            "--data-root", str(tiny_dataset.parent), "--grid-dir", str(grid), "--run-dir", str(root), *SMALL]
+    argv = [
+        "--datasets",
+        "tiny",
+        "--models",
+        "din,dcn",
+        "--methods",
+        "base,atjt",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(tiny_dataset.parent),
+        "--grid-dir",
+        str(grid),
+        "--run-dir",
+        str(root),
+        *SMALL,
+    ]
     assert reproduce.main(argv) == 0
     cells = sorted(root.glob("tiny/*/*-seed1/metrics.json"))
     assert len(cells) == 4
@@ -242,11 +281,11 @@ def test_reproduce_refuses_unknown_cells_before_running(tiny_dataset, tmp_path, 
     from atjt_dist import reproduce
 
     grid = _grid(tmp_path, tiny_dataset)
-    argv = ["--datasets", "tiny", "--models", "din,sasrec", "--grid-dir", str(grid), "--data-root", str(tiny_dataset.parent),
-            "--run-dir", str(tmp_path / "r")]
+    argv = ["--datasets", "tiny", "--models", "din,sasrec", "--grid-dir", str(grid), "--data-root", str(tiny_dataset.parent), "--run-dir", str(tmp_path / "r")]
     assert reproduce.main(argv) == 2
     assert "tiny-sasrec.yaml" in capsys.readouterr().err
-    assert reproduce.main(["--datasets", "tiny", "--models", "din", "--grid-dir", str(grid), "--data-root", str(tmp_path),
-                           "--run-dir", str(tmp_path / "r")]) == 2
+    assert (
+        reproduce.main(["--datasets", "tiny", "--models", "din", "--grid-dir", str(grid), "--data-root", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
+    )
     assert "--data-root" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -27,8 +27,18 @@ from atjt_dist.data.synthetic import (
 )
 
 # Small and fast; the noise settings are pinned so that the tests do not follow the defaults.
-SMALL = dict(users=1500, items=300, clusters=10, mean_length=20.0, min_length=5, noisy_user_share=0.3,
-             noisy_item_share=0.3, noise_kind="random", noise_in_targets=True, clean_test_fold=0)
+SMALL = dict(
+    users=1500,
+    items=300,
+    clusters=10,
+    mean_length=20.0,
+    min_length=5,
+    noisy_user_share=0.3,
+    noisy_item_share=0.3,
+    noise_kind="random",
+    noise_in_targets=True,
+    clean_test_fold=0,
+)
 
 
 def small(**overrides) -> SyntheticConfig:
@@ -191,8 +201,7 @@ def test_zero_share_plants_nothing(overrides):
 def test_without_noise_in_targets_the_last_item_is_never_replaced(kind):
     # Even when every other item is replaced, the last item (the leave-one-out test positive)
     # stays the true one; the second-to-last (the leave-one-out training target) is replaced.
-    d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind, noise_in_targets=False,
-                       clean_test_fold=None))
+    d = generate(small(noisy_user_share=1.0, noisy_item_share=1.0, noise_kind=kind, noise_in_targets=False, clean_test_fold=None))
     last = d.seq_offsets[1:] - 1
     np.testing.assert_array_equal(d.seq_items[last], d.clean_items[last])
     assert np.all(d.noise["position"] < lengths_of(d)[d.noise["user"]] - 1)
@@ -355,8 +364,7 @@ def test_plant_noise_on_a_csr_dataset_respects_eligibility(kind):
     items, offsets, popularity = tiny_csr()
     before = items.copy()
     eligible = np.array([0, 2, 3, 5, 6])  # user 0 has no history: never eligible
-    noisy = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
-                        seed=3, eligible_users=eligible)
+    noisy = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind, seed=3, eligible_users=eligible)
     new, truth = noisy.seq_items, noisy.truth
     np.testing.assert_array_equal(items, before)  # input untouched
     np.testing.assert_array_equal(noisy.seq_offsets, offsets)  # replacing: same lengths
@@ -366,11 +374,9 @@ def test_plant_noise_on_a_csr_dataset_respects_eligibility(kind):
     np.testing.assert_array_equal(np.flatnonzero(new != items), flat)
     mask = np.zeros(8, dtype=bool)
     mask[eligible] = True
-    by_mask = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5,
-                          kind=kind, seed=3, eligible_users=mask)
+    by_mask = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind, seed=3, eligible_users=mask)
     np.testing.assert_array_equal(by_mask.seq_items, new)
-    other = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind,
-                        seed=4, eligible_users=eligible)
+    other = plant_noise(items, offsets, 100, popularity, user_share=1.0, item_share=0.5, kind=kind, seed=4, eligible_users=eligible)
     assert not np.array_equal(other.seq_items, new)
 
 
@@ -465,8 +471,7 @@ def test_plant_noise_insert_on_a_csr_dataset(monkeypatch, include_last):
     items, offsets, popularity = tiny_csr()
     before = items.copy()
     eligible = np.array([0, 2, 3, 5, 6])  # user 0 has no history: never eligible
-    args = dict(user_share=1.0, item_share=1.0, kind="insert", seed=3, eligible_users=eligible,
-                include_last=include_last)
+    args = dict(user_share=1.0, item_share=1.0, kind="insert", seed=3, eligible_users=eligible, include_last=include_last)
     noisy = plant_noise(items, offsets, 100, popularity, **args)
     truth = noisy.truth
     np.testing.assert_array_equal(items, before)  # input untouched
@@ -476,8 +481,7 @@ def test_plant_noise_insert_on_a_csr_dataset(monkeypatch, include_last):
     np.testing.assert_array_equal(np.diff(noisy.seq_offsets), lengths + grown)
     np.testing.assert_array_equal(np.unique(truth["user"]), [2, 3, 5, 6])
     np.testing.assert_array_equal(without_truth(noisy.seq_items, noisy.seq_offsets, truth), items)
-    np.testing.assert_array_equal(noisy.seq_items[noisy.seq_offsets[truth["user"]] + truth["position"]],
-                                  truth["planted_item"])
+    np.testing.assert_array_equal(noisy.seq_items[noisy.seq_offsets[truth["user"]] + truth["position"]], truth["planted_item"])
     # origin: own items map to themselves, an inserted one to the same user's interaction before
     # it (or, at the start, after it)
     flat = noisy.seq_offsets[truth["user"]] + truth["position"]
@@ -591,8 +595,7 @@ def test_defaults_are_valid_and_bad_values_name_the_key():
 
 def test_cli_writes_a_dataset(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-kind", "foreign",
-                 "--noisy-user-share", "0.5"]) == 0
+    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-kind", "foreign", "--noisy-user-share", "0.5"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     ds = open_arrays(out)
     assert ds.meta["generator"]["noise_kind"] == "foreign"
@@ -610,8 +613,7 @@ def test_cli_accepts_the_insert_kind(tmp_path):
 
 def test_cli_parses_booleans_and_none(tmp_path):
     out = tmp_path / "ds"
-    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-in-targets", "false",
-                 "--clean-test-fold", "none"]) == 0
+    assert main(["--output", str(out), "--users", "300", "--items", "200", "--noise-in-targets", "false", "--clean-test-fold", "none"]) == 0
     ds = open_arrays(out)
     assert ds.meta["generator"]["noise_in_targets"] is False and ds.meta["generator"]["clean_test_fold"] is None
     assert ds.noise_users[ds.fold == 0].any()
@@ -681,12 +683,17 @@ def test_cli_refuses_a_non_empty_output_without_overwrite(tmp_path, capsys):
 
 def test_cli_runs_as_a_module(tmp_path):
     out = tmp_path / "ds"
-    ok = subprocess.run([sys.executable, "-m", "atjt_dist.data.synthetic", "--output", str(out), "--users", "200",
-                         "--items", "150"], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "atjt_dist.data.synthetic", "--output", str(out), "--users", "200", "--items", "150"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == str(out) and open_arrays(out).num_users == 200
-    bad = subprocess.run([sys.executable, "-m", "atjt_dist.data.synthetic", "--output", str(out), "--users", "200"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "atjt_dist.data.synthetic", "--output", str(out), "--users", "200"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
 
 
@@ -732,8 +739,7 @@ def test_ensure_dataset_from_two_processes_at_once(tmp_path):
     with open(tmp_path / f"{dataset_name(cfg)}.lock", "a") as lock:
         # Hold the lock until both have started, so that both find no dataset and queue on it.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+        procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
         time.sleep(0.3)
         fcntl.flock(lock, fcntl.LOCK_UN)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import shared_file
 
 # the grid configs choose the mode; a 24-step run trains the recommender (no recogniser warm-up)
@@ -62,8 +61,23 @@ def grid_runs(dataset, tmp_path_factory) -> tuple[str, Path, Path]:
         text = f"data:\n  path: data/{path.name}\nmodel:\n  name: din\n"
     (grid / f"{name}-din.yaml").write_text(text)
     root = tmp / "runs"
-    argv = ["--datasets", name, "--models", "din", "--methods", "base,atjt", "--seeds", "42",
-            "--data-root", str(path.parent.parent), "--grid-dir", str(grid), "--run-dir", str(root), *SHORT]
+    argv = [
+        "--datasets",
+        name,
+        "--models",
+        "din",
+        "--methods",
+        "base,atjt",
+        "--seeds",
+        "42",
+        "--data-root",
+        str(path.parent.parent),
+        "--grid-dir",
+        str(grid),
+        "--run-dir",
+        str(root),
+        *SHORT,
+    ]
     assert reproduce.main(argv) == 0
     return name, path, root
 
@@ -127,8 +141,7 @@ def test_audit_on_ml100k(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("audit")
     path = _prepare_ml100k(root)
-    argv = ["--data", str(path), "--user-share", "0.3", "--methods", "base,atjt", "--seeds", "42",
-            f"--run-dir={root / 'runs'}", *SHORT]
+    argv = ["--data", str(path), "--user-share", "0.3", "--methods", "base,atjt", "--seeds", "42", f"--run-dir={root / 'runs'}", *SHORT]
     assert audit.main(argv) == 0
     report = json.loads((root / "runs" / "audit.json").read_text())
     assert report["noise"]["noisy_users"] == round(0.3 * report["noise"]["eligible_users"])

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from runs import SHORT_RUN, clean_env, run_ok, torchrun
 
-from conftest import PAPER_SCHEDULE
-
-SMALL = [
-    *PAPER_SCHEDULE,
-    "--train.batch_size=64",
-    "--atjt.recognizer_batch_size=32",
-    "--train.epochs=2",
-    "--train.log_every=2",
-    "--eval.batch_users=64",
-    # The mechanics tests run without the recogniser's dropout (last, so SMALL[:-1] turns it back
-    # on); test_two_processes_match_one_process_with_dropout runs it on.
-    "--atjt.recognizer.dropout=0",
-]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _run(args, cwd, timeout=600):
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+# The mechanics tests run without the recogniser's dropout; RECOGNIZER_DROPOUT_ON turns it back
+# on (test_two_processes_match_one_process_with_dropout).
+SMALL = [*SHORT_RUN, "--atjt.recognizer.dropout=0"]
+RECOGNIZER_DROPOUT_ON = SHORT_RUN
 
 
 def _train_records(run_dir: Path) -> list[dict]:
@@ -45,7 +23,7 @@ def _train_records(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_one_process_run_writes_its_run_directory(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    proc = _run([sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", *SMALL], tmp_path)
+    proc = run_ok([sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", *SMALL], tmp_path)
     assert "| din atjt |" in proc.stdout  # the metrics table
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("auc", "hr@5", "ndcg@5"):
@@ -75,9 +53,9 @@ def _one_and_two_processes_agree(tmp_path: Path, common: list[str], paper_compat
     """Train ``common`` on 1 process and under torchrun on 2; assert the step records and the
     test metrics agree up to summation order; return the two run directories."""
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "atjt_dist.train", f"--run-dir={one}", *common], tmp_path)
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "atjt_dist.train", f"--run-dir={two}", *common],
+    run_ok([sys.executable, "-m", "atjt_dist.train", f"--run-dir={one}", *common], tmp_path)
+    run_ok(
+        [*torchrun(2), f"--run-dir={two}", *common],
         tmp_path,
     )
     r1, r2 = _train_records(one), _train_records(two)
@@ -93,6 +71,7 @@ def _one_and_two_processes_agree(tmp_path: Path, common: list[str], paper_compat
         if paper_compat:
             assert m2["paper_compat"][key] == pytest.approx(m1["paper_compat"][key], rel=1e-5, abs=1e-6)
     return one, two
+
 
 def _weights(model_dir: Path) -> dict:
     """Every tensor of a saved model (a torch.distributed.checkpoint directory), unsharded."""
@@ -117,7 +96,7 @@ def test_two_processes_match_one_process_with_dropout(tiny_dataset, tmp_path):
     metrics, every final weight within 1e-4 relative L2 (observed <= 3e-6) or 1e-6 absolute
     (DIN's attention output bias, whose gradient is identically zero, moves by rounding only).
     """
-    one, two = _one_and_two_processes_agree(tmp_path, [f"--data.path={tiny_dataset}", *SMALL[:-1], "--no-train.progress_bar"])
+    one, two = _one_and_two_processes_agree(tmp_path, [f"--data.path={tiny_dataset}", *RECOGNIZER_DROPOUT_ON])
     w1, w2 = _weights(one / "model"), _weights(two / "model")
     assert set(w1) == set(w2) and any(".attention.mlp." in k and k.startswith("recognizers.") for k in w1)
     for key, x in w1.items():
@@ -128,7 +107,7 @@ def test_two_processes_match_one_process_with_dropout(tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_compare_runs_both_methods_on_the_same_data(tiny_dataset, tmp_path):
     out = tmp_path / "cmp"
-    proc = _run([sys.executable, "-m", "atjt_dist.compare", f"--data.path={tiny_dataset}", f"--run-dir={out}", "--train.epochs=1", *SMALL[:2], *SMALL[3:]], tmp_path)
+    proc = run_ok([sys.executable, "-m", "atjt_dist.compare", f"--data.path={tiny_dataset}", f"--run-dir={out}", *SMALL, "--train.epochs=1"], tmp_path)
     table = (out / "compare.md").read_text()
     assert "| base |" in table and "| atjt |" in table
     assert "| base |" in proc.stdout
@@ -145,9 +124,9 @@ def test_a_run_inside_compare_equals_the_same_run_alone(tiny_dataset, tmp_path):
     # before it (TorchRec's first-use setup draws from the global generator; the dropout masks,
     # keyed by step and row, draw from none).
     # Recogniser dropout stays on (the default), so its masks are part of what must agree.
-    args = [f"--data.path={tiny_dataset}", "--train.epochs=1", *SMALL[:-1]]
-    _run([sys.executable, "-m", "atjt_dist.compare", f"--run-dir={tmp_path / 'cmp'}", *args], tmp_path)
-    _run([sys.executable, "-m", "atjt_dist.train", f"--run-dir={tmp_path / 'alone'}", *args], tmp_path)
+    args = [f"--data.path={tiny_dataset}", *RECOGNIZER_DROPOUT_ON, "--train.epochs=1"]
+    run_ok([sys.executable, "-m", "atjt_dist.compare", f"--run-dir={tmp_path / 'cmp'}", *args], tmp_path)
+    run_ok([sys.executable, "-m", "atjt_dist.train", f"--run-dir={tmp_path / 'alone'}", *args], tmp_path)
     inside, alone = _train_records(tmp_path / "cmp" / "atjt-seed42"), _train_records(tmp_path / "alone")
     keys = ("loss", "loss_rec", "loss_aux", "w_clean", "w_noisy", "recognizer_auc")
     assert [r["step"] for r in inside] == [r["step"] for r in alone] and inside
@@ -161,7 +140,11 @@ def test_a_batch_larger_than_a_phase_is_a_config_error(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "atjt_dist.train", f"--data.path={tiny_dataset}", f"--run-dir={run}", "--train.batch_size=100000"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "train.batch_size=100000" in proc.stderr and "Traceback" not in proc.stderr

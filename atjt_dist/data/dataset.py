@@ -279,9 +279,7 @@ class TrainingData:
         pos = self._windows(samples, space, row_ids, 1.0, oracle)
         neg_items = np.empty(len(samples), dtype=np.int32)
         prob, alias = self.negative_alias
-        sample_negatives(
-            stream_key(self.seed, "negatives", *counters), row_ids, pos.user, self.owned, self.owned_offsets, prob, alias, neg_items
-        )
+        sample_negatives(stream_key(self.seed, "negatives", *counters), row_ids, pos.user, self.owned, self.owned_offsets, prob, alias, neg_items)
         return BatchArrays(
             user=np.concatenate([pos.user, pos.user]),
             hist=np.concatenate([pos.hist, pos.hist]),
@@ -311,9 +309,7 @@ class TrainingData:
         flat_rows = (row_ids[:, None] * L + np.arange(L)[None, :]).reshape(-1)
         negatives = np.empty(len(flat_rows), dtype=np.int32)
         prob, alias = self.negative_alias
-        sample_negatives(
-            stream_key(self.seed, "negatives", *counters), flat_rows, np.repeat(b.user, L), self.owned, self.owned_offsets, prob, alias, negatives
-        )
+        sample_negatives(stream_key(self.seed, "negatives", *counters), flat_rows, np.repeat(b.user, L), self.owned, self.owned_offsets, prob, alias, negatives)
         b.neg_seq = np.where(np.arange(L)[None, :] < b.lengths[:, None], negatives.reshape(-1, L), 0).astype(np.int32)
         return b
 

@@ -42,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import DatasetError  # noqa: F401 - raised here, and imported from here by callers
+
 SCHEMA_VERSION = 1
 PADDING_ITEM = 0
 NO_CATEGORY = 0
@@ -54,10 +56,6 @@ ARRAY_NAMES = (
     "popularity",  # int64 [num_items + 1]    index 0 = 0
     "candidates",  # int32 [num_users, C]
 )
-
-
-class DatasetError(ValueError):
-    """A dataset directory is missing, incomplete or inconsistent; the message says what to do."""
 
 
 @dataclass
@@ -200,9 +198,7 @@ def write_dataset(
     else:
         raise DatasetError(f"candidate sampler {candidate_sampler!r}: expected 'popularity' or 'uniform'")
     prob, alias = build_alias(weights)
-    candidates = sample_candidates(
-        seq_items, seq_offsets, owned, owned_offsets, prob, alias, num_candidates, candidate_seed
-    )
+    candidates = sample_candidates(seq_items, seq_offsets, owned, owned_offsets, prob, alias, num_candidates, candidate_seed)
 
     meta = dict(meta)
     meta.update(
@@ -327,15 +323,11 @@ def read_meta(path: str | Path) -> dict:
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise DatasetError(
-            f"{path} is not a dataset directory (no meta.json); create one with "
-            "`python -m atjt_dist.data.prepare` or `python -m atjt_dist.data.synthetic`"
+            f"{path} is not a dataset directory (no meta.json); create one with `python -m atjt_dist.data.prepare` or `python -m atjt_dist.data.synthetic`"
         )
     meta = json.loads(meta_file.read_text())
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise DatasetError(
-            f"{meta_file}: schema_version {meta.get('schema_version')!r}, this version reads "
-            f"{SCHEMA_VERSION}; prepare the dataset again"
-        )
+        raise DatasetError(f"{meta_file}: schema_version {meta.get('schema_version')!r}, this version reads {SCHEMA_VERSION}; prepare the dataset again")
     return meta
 
 

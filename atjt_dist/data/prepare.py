@@ -359,8 +359,7 @@ def _k_core(offsets, item, time, num_items: int, steps: StepOptions, record: _St
     }
     record.step(
         entry,
-        f"k-core (users >= {min_user}, items >= {min_item}): removed {entry['users']:,} users, "
-        f"{entry['items']:,} items, {removed:,} rows in {passes} passes",
+        f"k-core (users >= {min_user}, items >= {min_item}): removed {entry['users']:,} users, {entry['items']:,} items, {removed:,} rows in {passes} passes",
     )
     _nonempty(len(item), f"the k-core filter (--min-user-interactions {min_user}, --min-item-interactions {min_item})")
     return offsets, item, time, user_count, item_count
@@ -413,14 +412,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Pat
         except BaseException:
             stop.set()
             raise
-        sources = [
-            {"path": str(s.path.resolve()), "role": s.role, "bytes": s.path.stat().st_size, "sha256": d.result()}
-            for s, d in zip(raw.sources, digests)
-        ]
-    log(
-        f"read {len(raw.user):,} rows: {len(raw.raw_users):,} users, {len(raw.raw_items):,} items, "
-        f"{len(raw.category_names):,} categories {clock.lap()}"
-    )
+        sources = [{"path": str(s.path.resolve()), "role": s.role, "bytes": s.path.stat().st_size, "sha256": d.result()} for s, d in zip(raw.sources, digests)]
+    log(f"read {len(raw.user):,} rows: {len(raw.raw_users):,} users, {len(raw.raw_items):,} items, {len(raw.category_names):,} categories {clock.lap()}")
     meta = {
         "format": args.format,
         "sources": sources,
@@ -442,10 +435,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Pat
     del raw
     meta["dropped"] = seqs.dropped
     num_users, num_items = len(seqs.seq_offsets) - 1, len(seqs.raw_items)
-    log(
-        f"final: {num_users:,} users, {num_items:,} items, {len(seqs.seq_items):,} interactions, "
-        f"{len(seqs.category_names):,} categories"
-    )
+    log(f"final: {num_users:,} users, {num_items:,} items, {len(seqs.seq_items):,} interactions, {len(seqs.category_names):,} categories")
     out = write_dataset(
         args.output,
         seq_items=seqs.seq_items,
@@ -511,12 +501,7 @@ def _options_record(args: argparse.Namespace, dedup: bool) -> dict:
     if args.format == "amazon":
         record["amazon_csv_order"] = args.amazon_csv_order
     if args.format == "table":
-        record.update(
-            {
-                k: getattr(args, k)
-                for k in ("user_col", "item_col", "time_col", "rating_col", "category_col", "delimiter")
-            }
-        )
+        record.update({k: getattr(args, k) for k in ("user_col", "item_col", "time_col", "rating_col", "category_col", "delimiter")})
     return record
 
 
@@ -598,9 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("split and test candidates (written by layout.write_dataset)")
     g.add_argument("--folds", type=int, default=5, help="user folds")
     g.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
-    g.add_argument(
-        "--candidates", type=int, default=64, help="test candidates per user: the last item + (C-1) negatives"
-    )
+    g.add_argument("--candidates", type=int, default=64, help="test candidates per user: the last item + (C-1) negatives")
     g.add_argument(
         "--candidate-sampler",
         choices=["popularity", "uniform"],

@@ -526,8 +526,23 @@ def noisy_rows(key: np.uint64, global_rows: int, fraction: float) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _corrupt_rows(
-    key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-    count, shared_r, prob, alias, num_items, chosen, labels, r0, r1,
+    key_pos,
+    key_item,
+    row_ids,
+    noisy,
+    hist,
+    hist_cat,
+    lengths,
+    item_category,
+    count,
+    shared_r,
+    prob,
+    alias,
+    num_items,
+    chosen,
+    labels,
+    r0,
+    r1,
 ):
     # Returns how many noisy rows are shorter than a shared r (left untouched; the caller raises).
     bad = 0
@@ -587,27 +602,83 @@ def _corrupt_rows(
 
 @numba.njit(cache=True)
 def _corrupt_serial(
-    key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-    count, shared_r, prob, alias, num_items, chosen, labels,
+    key_pos,
+    key_item,
+    row_ids,
+    noisy,
+    hist,
+    hist_cat,
+    lengths,
+    item_category,
+    count,
+    shared_r,
+    prob,
+    alias,
+    num_items,
+    chosen,
+    labels,
 ):
     return _corrupt_rows(
-        key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-        count, shared_r, prob, alias, num_items, chosen, labels, 0, hist.shape[0],
+        key_pos,
+        key_item,
+        row_ids,
+        noisy,
+        hist,
+        hist_cat,
+        lengths,
+        item_category,
+        count,
+        shared_r,
+        prob,
+        alias,
+        num_items,
+        chosen,
+        labels,
+        0,
+        hist.shape[0],
     )
 
 
 @numba.njit(parallel=True, cache=True)
 def _corrupt_parallel(
-    key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-    count, shared_r, prob, alias, num_items, chosen, labels,
+    key_pos,
+    key_item,
+    row_ids,
+    noisy,
+    hist,
+    hist_cat,
+    lengths,
+    item_category,
+    count,
+    shared_r,
+    prob,
+    alias,
+    num_items,
+    chosen,
+    labels,
 ):
     rows = hist.shape[0]
     bad = 0
     for c in numba.prange((rows + _CHUNK - 1) // _CHUNK):
         r0 = c * _CHUNK
         bad += _corrupt_rows(
-            key_pos, key_item, row_ids, noisy, hist, hist_cat, lengths, item_category,
-            count, shared_r, prob, alias, num_items, chosen, labels, r0, min(rows, r0 + _CHUNK),
+            key_pos,
+            key_item,
+            row_ids,
+            noisy,
+            hist,
+            hist_cat,
+            lengths,
+            item_category,
+            count,
+            shared_r,
+            prob,
+            alias,
+            num_items,
+            chosen,
+            labels,
+            r0,
+            min(rows, r0 + _CHUNK),
         )
     return bad
 
@@ -684,8 +755,21 @@ def corrupt_batch(
     labels = np.empty(len(row_ids), dtype=np.float32)
     kernel = _corrupt_parallel if _parallel(len(row_ids)) else _corrupt_serial
     bad = kernel(
-        key_pos, stream_key(seed, "corrupt_item", *counters), row_ids, noisy, hist, hist_cat, lengths,
-        item_category, count, shared, prob, alias, num_items, chosen, labels,
+        key_pos,
+        stream_key(seed, "corrupt_item", *counters),
+        row_ids,
+        noisy,
+        hist,
+        hist_cat,
+        lengths,
+        item_category,
+        count,
+        shared,
+        prob,
+        alias,
+        num_items,
+        chosen,
+        labels,
     )
     if bad:
         raise ValueError(

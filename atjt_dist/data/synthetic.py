@@ -290,7 +290,16 @@ def _pick_cluster(state, clusters, cum):
 
 @numba.njit(cache=True)
 def _draw_user(
-    state, items, item_cluster, cl_offsets, members, cdf, successors, taste_k, successor_prob, stickiness,
+    state,
+    items,
+    item_cluster,
+    cl_offsets,
+    members,
+    cdf,
+    successors,
+    taste_k,
+    successor_prob,
+    stickiness,
 ):
     """One user's sequence into ``items`` (its slice of the CSR array)."""
     clusters = np.empty(taste_k, dtype=np.int64)
@@ -333,15 +342,36 @@ def _draw_times(state, times):
 
 @numba.njit(nogil=True, cache=True)
 def _draw_sequences(
-    lo, hi, key, time_key, offsets, item_cluster, cl_offsets, members, cdf, successors,
-    taste_k, successor_prob, stickiness, out_items, out_times,
+    lo,
+    hi,
+    key,
+    time_key,
+    offsets,
+    item_cluster,
+    cl_offsets,
+    members,
+    cdf,
+    successors,
+    taste_k,
+    successor_prob,
+    stickiness,
+    out_items,
+    out_times,
 ):
     for u in range(lo, hi):
         a = offsets[u]
         b = offsets[u + 1]
         _draw_user(
-            row_state(key, u), out_items[a:b], item_cluster, cl_offsets, members, cdf, successors,
-            taste_k, successor_prob, stickiness,
+            row_state(key, u),
+            out_items[a:b],
+            item_cluster,
+            cl_offsets,
+            members,
+            cdf,
+            successors,
+            taste_k,
+            successor_prob,
+            stickiness,
         )
         _draw_times(row_state(time_key, u), out_times[a:b])
 
@@ -376,9 +406,21 @@ def generate_clean(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray, np.nda
     items = np.empty(offsets[-1], dtype=np.int32)
     times = np.empty(offsets[-1], dtype=np.int64)
     _run_chunks(
-        _draw_sequences, offsets, stream_key(cfg.seed, "synthetic", 3), stream_key(cfg.seed, "synthetic", 4), offsets,
-        cat.item_cluster, cat.cluster_offsets, cat.members, cat.cdf, cat.successors,
-        cfg.taste_clusters, cfg.successor_prob, cfg.stickiness, items, times,
+        _draw_sequences,
+        offsets,
+        stream_key(cfg.seed, "synthetic", 3),
+        stream_key(cfg.seed, "synthetic", 4),
+        offsets,
+        cat.item_cluster,
+        cat.cluster_offsets,
+        cat.members,
+        cat.cdf,
+        cat.successors,
+        cfg.taste_clusters,
+        cfg.successor_prob,
+        cfg.stickiness,
+        items,
+        times,
     )
     return items, offsets, times, cat.item_cluster
 
@@ -474,7 +516,19 @@ def _foreign_items(state, u, seq_items, seq_offsets, owned, k, out):
 
 @numba.njit(cache=True)
 def _plant_user(
-    state, u, kind, include_last, seq_items, seq_offsets, prob, alias, num_items, out_items, positions, original, planted,
+    state,
+    u,
+    kind,
+    include_last,
+    seq_items,
+    seq_offsets,
+    prob,
+    alias,
+    num_items,
+    out_items,
+    positions,
+    original,
+    planted,
 ):
     """Plant len(positions) noise items into user u's slice of ``out_items``; fills the truth."""
     a = seq_offsets[u]
@@ -532,8 +586,22 @@ def _insert_user(state, u, include_last, seq_items, seq_offsets, num_items, posi
 
 @numba.njit(nogil=True, cache=True)
 def _plant(
-    lo, hi, key, kind, include_last, seq_items, seq_offsets, users, row_offsets, prob, alias, num_items,
-    out_items, out_pos, out_orig, out_planted,
+    lo,
+    hi,
+    key,
+    kind,
+    include_last,
+    seq_items,
+    seq_offsets,
+    users,
+    row_offsets,
+    prob,
+    alias,
+    num_items,
+    out_items,
+    out_pos,
+    out_orig,
+    out_planted,
 ):
     # Reads only the input sequences (donors may be noisy users too) and writes only row r's
     # user slice and truth rows: no row depends on another, whatever the thread schedule.
@@ -543,19 +611,40 @@ def _plant(
         b = row_offsets[r + 1]
         if kind == _INSERT:
             _insert_user(
-                row_state(key, users[r]), users[r], include_last, seq_items, seq_offsets, num_items,
-                out_pos[a:b], out_planted[a:b],
+                row_state(key, users[r]),
+                users[r],
+                include_last,
+                seq_items,
+                seq_offsets,
+                num_items,
+                out_pos[a:b],
+                out_planted[a:b],
             )
             out_orig[a:b] = 0  # nothing replaced
         else:
             _plant_user(
-                row_state(key, users[r]), users[r], kind, include_last, seq_items, seq_offsets, prob, alias,
-                num_items, out_items, out_pos[a:b], out_orig[a:b], out_planted[a:b],
+                row_state(key, users[r]),
+                users[r],
+                kind,
+                include_last,
+                seq_items,
+                seq_offsets,
+                prob,
+                alias,
+                num_items,
+                out_items,
+                out_pos[a:b],
+                out_orig[a:b],
+                out_planted[a:b],
             )
 
 
 def _merge_inserted(
-    seq_items: np.ndarray, seq_offsets: np.ndarray, user: np.ndarray, position: np.ndarray, planted: np.ndarray,
+    seq_items: np.ndarray,
+    seq_offsets: np.ndarray,
+    user: np.ndarray,
+    position: np.ndarray,
+    planted: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The grown CSR sequences of 'insert' and the origin of each interaction (see PlantedNoise).
 
@@ -675,10 +764,22 @@ def plant_noise(
     original = np.empty(total, dtype=np.int32)
     planted = np.empty(total, dtype=np.int32)
     _run_chunks(
-        _plant, row_offsets, stream_key(seed, "plant_noise", 1), _KIND_CODE[kind], bool(include_last),
-        seq_items, seq_offsets,
-        users.astype(np.int64), row_offsets, prob, alias, int(num_items),
-        out_items, position, original, planted,
+        _plant,
+        row_offsets,
+        stream_key(seed, "plant_noise", 1),
+        _KIND_CODE[kind],
+        bool(include_last),
+        seq_items,
+        seq_offsets,
+        users.astype(np.int64),
+        row_offsets,
+        prob,
+        alias,
+        int(num_items),
+        out_items,
+        position,
+        original,
+        planted,
     )
     truth = {
         "user": np.repeat(users, counts).astype(np.int32),
@@ -714,12 +815,26 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     fold = assign_folds(cfg.users, cfg.folds, cfg.seed)
     eligible = None if cfg.clean_test_fold is None else fold != cfg.clean_test_fold
     noisy = plant_noise(
-        clean, offsets, cfg.items, popularity,
-        user_share=cfg.noisy_user_share, item_share=cfg.noisy_item_share,
-        kind=cfg.noise_kind, seed=cfg.seed, eligible_users=eligible, include_last=cfg.noise_in_targets,
+        clean,
+        offsets,
+        cfg.items,
+        popularity,
+        user_share=cfg.noisy_user_share,
+        item_share=cfg.noisy_item_share,
+        kind=cfg.noise_kind,
+        seed=cfg.seed,
+        eligible_users=eligible,
+        include_last=cfg.noise_in_targets,
     )
     return SyntheticData(
-        clean, offsets, noisy.seq_items, noisy.seq_offsets, times[noisy.origin], item_category, noisy.truth, fold,
+        clean,
+        offsets,
+        noisy.seq_items,
+        noisy.seq_offsets,
+        times[noisy.origin],
+        item_category,
+        noisy.truth,
+        fold,
     )
 
 
@@ -864,8 +979,11 @@ def _parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(SyntheticConfig)
     for f in dataclasses.fields(SyntheticConfig):
         p.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-            help=f"{f.metadata['help']} (default: {f.default})", **_option_type(hints[f.name]),
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=f.default,
+            help=f"{f.metadata['help']} (default: {f.default})",
+            **_option_type(hints[f.name]),
         )
     return p
 
@@ -893,8 +1011,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     meta = read_meta(path)
     log.info(
         "%s: %d users, %d items, %d interactions; %d noisy users, %d planted items (%s)",
-        path, meta["num_users"], meta["num_items"], meta["num_interactions"],
-        meta["noise"]["noisy_users"], meta["noise"]["planted_items"], meta["noise"]["kind"],
+        path,
+        meta["num_users"],
+        meta["num_items"],
+        meta["num_interactions"],
+        meta["noise"]["noisy_users"],
+        meta["noise"]["planted_items"],
+        meta["noise"]["kind"],
     )
     print(path)
     return 0

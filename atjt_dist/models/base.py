@@ -4,6 +4,9 @@ A recommender is an ``nn.Module`` with
 - ``embeddings``: its TorchRec EmbeddingCollection (tables from models.batch.embedding_tables),
   which DistributedModelParallel shards;
 - ``forward(batch) -> logits [B]``: one score per row (history, target);
+- ``score_pairs(batch) -> logits [B]``: the same for a pointwise training batch, whose second
+  half repeats the first half's users and histories with negative targets (a model may use it
+  to encode each history once; by default it is ``forward``);
 - ``extra_loss(batch, embedded) -> Tensor | None``: an optional self-supervised term that the
   model's paper adds to its objective (None for most models).
 
@@ -12,12 +15,13 @@ Models are built from a :class:`ModelSpec` (the dataset's sizes) and the config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .batch import embedding_tables, make_embedding_collection
+from .layers import dropout_rows
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,18 @@ class Recommender(nn.Module):
         super().__init__()
         self.spec = spec
         self.dim = dim
-        self.embeddings = make_embedding_collection(
-            embedding_tables(self.table_prefix, dim, spec.num_users, spec.num_items, spec.num_categories)
-        )
+        self.embeddings = make_embedding_collection(embedding_tables(self.table_prefix, dim, spec.num_users, spec.num_items, spec.num_categories))
 
     def apply_pretrained(self, full_state: dict, cfg, data) -> None:  # noqa: ARG002 - the interface
         """Overwrite entries of ``full_state`` (the unsharded model's state, keys prefixed
         ``recommender.``) with pre-trained tensors, before the model is sharded. Default: no
         pre-training (S3Rec loads its pre-training checkpoint here)."""
+
+    def score_pairs(self, batch) -> torch.Tensor:
+        """Logits [B] of a pointwise training batch: rows [0, B/2) are positives, rows [B/2, B)
+        one negative each, with the same users and histories in the same order
+        (data.dataset.TrainingData.recommender_batch). Default: ``forward(batch)``."""
+        return self(batch)
 
     def extra_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor] | None:  # noqa: ARG002 - the interface
         """A model-specific auxiliary loss for this batch, already multiplied by its coefficient,
@@ -112,6 +120,17 @@ class SequentialRecommender(Recommender):
 
         e = embed(self.embeddings, batch)
         return (self.last_hidden(batch, e)[:, None, :] * self.item_vectors(e.neg)).sum(-1)
+
+    def score_pairs(self, batch) -> torch.Tensor:
+        """Each history encoded once, its positive and its negative scored from that encoding
+        (as RecBole's pairwise training and this model's evaluation do): half the encoder work
+        of ``forward`` on the same batch, and the same logits up to rounding when dropout is off.
+        With dropout on, both scores of a history share the positive row's dropout masks."""
+        half = len(batch) // 2
+        histories = replace(batch.select(slice(0, half)), candidates=torch.stack([batch.target[:half], batch.target[half:]], dim=1))
+        with dropout_rows(histories.row_ids):  # the dropout inputs now hold the first half's rows
+            scores = self.score_candidates(histories)
+        return scores.T.reshape(-1)  # positives, then negatives
 
     def sequence_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(positive logits, negative logits), each [B, L]; only positions < lengths are valid."""

@@ -49,7 +49,7 @@ class SequenceBatch:
     replaced: Optional[torch.Tensor] = None  # bool [B, L]
     #: oracle training only: each row's ground-truth weight (0 = planted noise)
     weight: Optional[torch.Tensor] = None  # float32 [B]
-    #: the rows' global ids (data.dataset.BatchArrays.row_ids; atjt.Schedule numbers the
+    #: the rows' global ids (data.dataset.BatchArrays.row_ids; schedule.Schedule numbers the
     #: recogniser's rows after the recommender's): what keys their dropout masks
     row_ids: Optional[torch.Tensor] = None  # int64 [B]
 
@@ -193,8 +193,10 @@ def embed(ec: torch.nn.Module, batch: SequenceBatch) -> Embedded:
         target_cat=single("target_cat"),
         mask=batch.mask,
         neg=(
-            padded("neg_item") if batch.neg_seq is not None
+            padded("neg_item")
+            if batch.neg_seq is not None
             else out["neg_item"].to_padded_dense(desired_length=batch.candidates.shape[1], padding_value=0.0).to(dtype)
-            if batch.candidates is not None else None
+            if batch.candidates is not None
+            else None
         ),
     )

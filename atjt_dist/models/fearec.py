@@ -104,8 +104,7 @@ class HybridAttention(nn.Module):
     Returns LayerNorm(x + Dropout(W_o((1 - alpha) * autocorrelation + alpha * attention))).
     """
 
-    def __init__(self, hidden: int, heads: int, length: int, band: tuple[int, int], alpha: float, topk: int,
-                 dropout: float, attention_dropout: float) -> None:
+    def __init__(self, hidden: int, heads: int, length: int, band: tuple[int, int], alpha: float, topk: int, dropout: float, attention_dropout: float) -> None:
         super().__init__()
         self.heads = heads
         self.alpha = alpha
@@ -157,8 +156,9 @@ class HybridAttention(nn.Module):
 class FEABlock(nn.Module):
     """Hybrid attention, then LayerNorm(x + Dropout(FFN(x))) with a GELU feed-forward."""
 
-    def __init__(self, hidden: int, heads: int, inner: int, length: int, band: tuple[int, int], alpha: float,
-                 topk: int, dropout: float, attention_dropout: float) -> None:
+    def __init__(
+        self, hidden: int, heads: int, inner: int, length: int, band: tuple[int, int], alpha: float, topk: int, dropout: float, attention_dropout: float
+    ) -> None:
         super().__init__()
         self.attention = HybridAttention(hidden, heads, length, band, alpha, topk, dropout, attention_dropout)
         self.feed_forward = FeedForward(hidden, inner, "gelu")
@@ -185,8 +185,9 @@ class FEARec(SequentialRecommender):
         self.dropout = Dropout(c.dropout)
         topk = int(c.topk_factor * math.log(L)) if L > 1 else 1
         self.blocks = nn.ModuleList(
-            FEABlock(c.hidden, c.heads, c.inner, L, frequency_band(i, c.blocks, L, c.global_ratio),
-                     c.time_attention_share, topk, c.dropout, c.attention_dropout)
+            FEABlock(
+                c.hidden, c.heads, c.inner, L, frequency_band(i, c.blocks, L, c.global_ratio), c.time_attention_share, topk, c.dropout, c.attention_dropout
+            )
             for i in range(c.blocks)
         )
         self._views_source: tuple[SequenceBatch, Embedded] | None = None
@@ -236,6 +237,13 @@ class FEARec(SequentialRecommender):
         h = self.represent(self._fit(embedded.hist), batch.lengths)
         return h * (batch.lengths > 0)[:, None].to(h.dtype)
 
+    def score_pairs(self, batch: SequenceBatch) -> torch.Tensor:
+        logits = super().score_pairs(batch)
+        if self._views_source is not None:
+            # the lookups were made for the batch's first half, which is what extra_loss reads
+            self._views_source = (batch, self._views_source[1])
+        return logits
+
     # -- the regulariser --------------------------------------------------------------------
 
     def _remember(self, batch: SequenceBatch, embedded: Embedded) -> None:
@@ -279,8 +287,7 @@ def gather_views(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torc
     return both[0], both[1], rank() * z1.shape[0]
 
 
-def info_nce_sum(z1: torch.Tensor, z2: torch.Tensor, z1_all: torch.Tensor, z2_all: torch.Tensor, offset: int,
-                 temperature: float) -> torch.Tensor:
+def info_nce_sum(z1: torch.Tensor, z2: torch.Tensor, z1_all: torch.Tensor, z2_all: torch.Tensor, offset: int, temperature: float) -> torch.Tensor:
     """Sum over local sequences i of (l(z1_i) + l(z2_i)) / 2, where l(a) is the cross-entropy of
     picking a's other view among all 2N global views but a itself (dot product / temperature):
     the authors' InfoNCE, whose mean over the N sequences is their loss."""

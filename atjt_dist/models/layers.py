@@ -230,8 +230,9 @@ def name_dropout_layers(module: nn.Module) -> None:
             m.layer_id = layer_id(name)
 
 
-def keep_mask(shape: torch.Size, device: torch.device, threshold: int, layer: int,
-              rows: Optional[torch.Tensor] = None, slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size, device: torch.device, threshold: int, layer: int, rows: Optional[torch.Tensor] = None, slots: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """bool ``shape``: the units a dropout layer keeps (see :class:`Dropout`).
 
     The input is seen as [n, m]: n groups (its first dimension's entries, or the current rows
@@ -245,8 +246,7 @@ def keep_mask(shape: torch.Size, device: torch.device, threshold: int, layer: in
     state = _STATE
     if state.key is not None and state.rows is None:
         raise RuntimeError(
-            "dropout inside a training step (dropout_step) needs the global ids of its rows: run the "
-            "model call inside dropout_rows(batch.row_ids)"
+            "dropout inside a training step (dropout_step) needs the global ids of its rows: run the model call inside dropout_rows(batch.row_ids)"
         )
     if state.key is not None:
         key = state.key.next(layer)

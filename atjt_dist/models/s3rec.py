@@ -58,9 +58,7 @@ def s3rec_tables(prefix: str, spec: ModelSpec, dim: int) -> list[EmbeddingConfig
     """The usual three tables, with one extra item row for the [mask] token (id num_items + 1)."""
     tables = embedding_tables(prefix, dim, spec.num_users, spec.num_items, spec.num_categories)
     item = tables[0]
-    tables[0] = EmbeddingConfig(
-        name=item.name, embedding_dim=dim, num_embeddings=spec.num_items + 2, feature_names=list(item.feature_names)
-    )
+    tables[0] = EmbeddingConfig(name=item.name, embedding_dim=dim, num_embeddings=spec.num_items + 2, feature_names=list(item.feature_names))
     return tables
 
 
@@ -78,8 +76,16 @@ class S3Rec(SequentialRecommender):
         self.input_norm = nn.LayerNorm(c.hidden, eps=LAYER_NORM_EPS)
         self.dropout = Dropout(c.dropout)
         self.encoder = TransformerEncoder(
-            c.hidden, c.blocks, c.heads, dropout=c.dropout, attention_dropout=c.attention_dropout,
-            inner=4 * c.hidden, act="gelu", norm="post", causal=True, eps=LAYER_NORM_EPS,
+            c.hidden,
+            c.blocks,
+            c.heads,
+            dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
+            inner=4 * c.hidden,
+            act="gelu",
+            norm="post",
+            causal=True,
+            eps=LAYER_NORM_EPS,
         )
         init_weights_(self)
 
@@ -192,8 +198,11 @@ def check_checkpoint(ckpt: dict, path: str | Path, expected: dict) -> None:
     meta = ckpt["meta"]
     problems = [f"{k} {meta.get(k)!r} in the checkpoint vs {expected[k]!r} in this run" for k in _CHECKED if meta.get(k) != expected[k]]
     if meta.get("dataset_fingerprint") != expected["dataset_fingerprint"]:
-        problems.insert(0, f"dataset {meta.get('dataset')} (fingerprint {meta.get('dataset_fingerprint')}) vs "
-                           f"{expected['dataset']} (fingerprint {expected['dataset_fingerprint']})")
+        problems.insert(
+            0,
+            f"dataset {meta.get('dataset')} (fingerprint {meta.get('dataset_fingerprint')}) vs "
+            f"{expected['dataset']} (fingerprint {expected['dataset_fingerprint']})",
+        )
     if problems:
         raise ConfigError(
             f"config key 'model.s3rec.pretrained': {path} was pre-trained for another run: "

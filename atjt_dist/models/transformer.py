@@ -79,9 +79,7 @@ def attention_mask(mask: torch.Tensor, causal: bool) -> torch.Tensor:
     return allowed | torch.eye(L, dtype=torch.bool, device=mask.device)
 
 
-def scaled_dot_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout: nn.Module
-) -> torch.Tensor:
+def scaled_dot_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
     """softmax(q k^T / sqrt(E), over allowed keys) v for [B, heads, L, E] inputs; dropout on the
     attention probabilities."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -195,9 +193,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.causal = causal
         attention_dropout = dropout if attention_dropout is None else attention_dropout
-        self.blocks = nn.ModuleList(
-            TransformerBlock(hidden, heads, inner or hidden, dropout, attention_dropout, act, norm, eps) for _ in range(blocks)
-        )
+        self.blocks = nn.ModuleList(TransformerBlock(hidden, heads, inner or hidden, dropout, attention_dropout, act, norm, eps) for _ in range(blocks))
         self.final_norm = nn.LayerNorm(hidden, eps=eps) if norm == "pre" else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool | None = None) -> torch.Tensor:

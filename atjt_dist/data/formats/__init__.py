@@ -165,9 +165,7 @@ class _Collector:
     def ratings_array(self) -> Optional[np.ndarray]:
         if all(r is None for r in self.ratings):
             return None
-        return np.concatenate(
-            [r if r is not None else np.full(len(t), np.nan) for r, t in zip(self.ratings, self.times)]
-        )
+        return np.concatenate([r if r is not None else np.full(len(t), np.nan) for r, t in zip(self.ratings, self.times)])
 
 
 def _check_inputs(paths: Sequence[Union[str, Path]]) -> list[Path]:
@@ -177,9 +175,7 @@ def _check_inputs(paths: Sequence[Union[str, Path]]) -> list[Path]:
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise PrepareError(
-                f"input file {path} does not exist" if not path.exists() else f"input {path} is not a file"
-            )
+            raise PrepareError(f"input file {path} does not exist" if not path.exists() else f"input {path} is not a file")
         if not first_line(path):
             raise PrepareError(f"input file {path} is empty (no non-blank line)")
         out.append(path)
@@ -208,9 +204,7 @@ def read_raw(
     interactions = [(p, r, f) for p, r, f in roles if r.startswith("interactions")]
     item_files = [(p, r, f) for p, r, f in roles if r.startswith("items")]
     if not interactions:
-        raise PrepareError(
-            f"none of the inputs is a {format_name} interactions file: " + "; ".join(f"{p} is {r}" for p, r, _ in roles)
-        )
+        raise PrepareError(f"none of the inputs is a {format_name} interactions file: " + "; ".join(f"{p} is {r}" for p, r, _ in roles))
     if format_name == "seqtxt" and len(interactions) > 1:
         raise PrepareError("seqtxt reads one sequence file (a user on two files would have two sequences)")
 
@@ -224,9 +218,7 @@ def read_raw(
     item, raw_items = collector.items.finish()
     if len(raw_users) > MAX_DENSE_USERS or len(raw_items) > MAX_DENSE_ITEMS:
         raise PrepareError(f"{len(raw_users):,} users / {len(raw_items):,} items do not fit in int32 dense ids")
-    time = (
-        collector.times[0] if len(collector.times) == 1 else np.concatenate([np.zeros(0, np.int64), *collector.times])
-    )
+    time = collector.times[0] if len(collector.times) == 1 else np.concatenate([np.zeros(0, np.int64), *collector.times])
     if format_name == "seqtxt":
         check_seqtxt_users(interactions[0][0], user[time == 0])  # position 0 starts a line
     if len(collector.units) > 1:
@@ -248,9 +240,7 @@ def read_raw(
     )
 
 
-def _read_categories(
-    raw_items: pa.Array, table_blocks: list[ItemBlock], item_files: list, options: FormatOptions, log
-) -> tuple[np.ndarray, pa.Array]:
+def _read_categories(raw_items: pa.Array, table_blocks: list[ItemBlock], item_files: list, options: FormatOptions, log) -> tuple[np.ndarray, pa.Array]:
     """Categories of the items read: from the table's own column, then from metadata files."""
     categories = CategoryMap(raw_items)
     for block in table_blocks:

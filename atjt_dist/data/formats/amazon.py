@@ -63,9 +63,7 @@ def _amazon_role(path: Path, options: FormatOptions) -> tuple[str, Callable]:
 
 
 def _read_amazon_reviews(path: Path, options: FormatOptions) -> Iterator[Block]:
-    schema = pa.schema(
-        [("reviewerID", pa.string()), ("asin", pa.string()), ("unixReviewTime", pa.int64()), ("overall", pa.float64())]
-    )
+    schema = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()), ("unixReviewTime", pa.int64()), ("overall", pa.float64())])
     required = {"reviewerID": "str", "asin": "str", "unixReviewTime": "int"}
     check = json_check(required, {"overall": "float"})
     for batch in read_json_lines(path, schema, check, list(required), options.block_bytes):
@@ -78,15 +76,9 @@ def _read_amazon_reviews(path: Path, options: FormatOptions) -> Iterator[Block]:
 
 
 def _read_amazon_csv(path: Path, options: FormatOptions) -> Iterator[Block]:
-    names = (
-        ["user", "item", "rating", "time"]
-        if options.amazon_csv_order == "user-first"
-        else ["item", "user", "rating", "time"]
-    )
+    names = ["user", "item", "rating", "time"] if options.amazon_csv_order == "user-first" else ["item", "user", "rating", "time"]
     kinds = {"user": "str", "item": "str", "rating": "float", "time": "int"}
-    check = delimited_check(
-        ",", [(k, f"{n} id" if n in ("user", "item") else n, kinds[n]) for k, n in enumerate(names)], 4, quoting=True
-    )
+    check = delimited_check(",", [(k, f"{n} id" if n in ("user", "item") else n, kinds[n]) for k, n in enumerate(names)], 4, quoting=True)
     columns = {"user": pa.string(), "item": pa.string(), "rating": pa.float64(), "time": pa.int64()}
     for batch in read_delimited(
         path,
@@ -151,7 +143,5 @@ def _literal_eval_categories(path: Path, text: pa.Array, names: pa.Array, rows: 
             paths = obj.get("categories") or []
             values[row] = str(paths[-1][-1]) if paths and paths[-1] else None
         except (ValueError, SyntaxError, TypeError, AttributeError, IndexError, MemoryError, RecursionError) as exc:
-            raise PrepareError(
-                f"{path}, line {first_no + int(row)}: not a Python dict literal with 'categories' ({type(exc).__name__})"
-            ) from None
+            raise PrepareError(f"{path}, line {first_no + int(row)}: not a Python dict literal with 'categories' ({type(exc).__name__})") from None
     return pa.array(values, pa.large_string())

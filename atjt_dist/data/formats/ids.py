@@ -101,9 +101,7 @@ class IdEncoder:
         if all(isinstance(c, np.ndarray) for c in chunks):
             codes, vocab = encode_ints(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
             return codes, pa.array(vocab)
-        chunks = [
-            pc.dictionary_encode(pa.array(c).cast(pa.string())) if isinstance(c, np.ndarray) else c for c in chunks
-        ]
+        chunks = [pc.dictionary_encode(pa.array(c).cast(pa.string())) if isinstance(c, np.ndarray) else c for c in chunks]
         unified = pa.table({"id": pa.chunked_array(chunks)}).unify_dictionaries().column("id")
         del chunks
         vocab = unified.chunk(0).dictionary
@@ -147,9 +145,7 @@ class CategoryMap:
         try:
             return items.cast(self.raw_items.type)
         except pa.ArrowInvalid:
-            raise PrepareError(
-                f"{where}: item ids are {items.type} but the interactions' item ids are {self.raw_items.type}"
-            ) from None
+            raise PrepareError(f"{where}: item ids are {items.type} but the interactions' item ids are {self.raw_items.type}") from None
 
     def finish(self) -> tuple[np.ndarray, pa.Array]:
         """(category index per item code, -1 = none; category names ascending)."""

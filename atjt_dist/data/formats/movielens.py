@@ -43,8 +43,7 @@ def _movielens_role(path: Path, options: FormatOptions) -> tuple[str, Callable]:
     elif header.startswith("movieId,title,genres"):
         return "items (movies.csv)", _read_movies_csv
     raise PrepareError(
-        f"{path}: not a MovieLens file this reader knows (u.data, u.item, ratings.dat, movies.dat, "
-        f"ratings.csv or movies.csv); its first line is {line[:80]!r}"
+        f"{path}: not a MovieLens file this reader knows (u.data, u.item, ratings.dat, movies.dat, ratings.csv or movies.csv); its first line is {line[:80]!r}"
     )
 
 
@@ -99,9 +98,7 @@ def _read_ratings_csv(path: Path, options: FormatOptions) -> Iterator[Block]:
         return
     columns = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}
     check = delimited_check(",", _ML_FIELDS, None, quoting=True)
-    for batch in read_delimited(
-        path, columns=columns, separator=",", check=check, block_bytes=options.block_bytes, required=list(columns)
-    ):
+    for batch in read_delimited(path, columns=columns, separator=",", check=check, block_bytes=options.block_bytes, required=list(columns)):
         yield _ml_block(batch, "userId", "movieId", "rating", "timestamp")
 
 

@@ -110,9 +110,7 @@ def _parse_rating_piece(buf, start, end, sep0, sep1, users, items, ratings, time
 @numba.njit(parallel=True, cache=True)
 def _parse_rating_pieces(buf, cuts, first_rows, sep0, sep1, users, items, ratings, times, rows, bad):
     for p in numba.prange(cuts.shape[0] - 1):
-        end_row, bad_at = _parse_rating_piece(
-            buf, cuts[p], cuts[p + 1], sep0, sep1, users, items, ratings, times, first_rows[p]
-        )
+        end_row, bad_at = _parse_rating_piece(buf, cuts[p], cuts[p + 1], sep0, sep1, users, items, ratings, times, first_rows[p])
         rows[p] = end_row - first_rows[p]
         bad[p] = bad_at
 

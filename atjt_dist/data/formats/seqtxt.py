@@ -47,6 +47,4 @@ def check_seqtxt_users(path: Path, user_codes_by_line: np.ndarray) -> None:
             if len(parts) > 1:
                 lines.setdefault(parts[0].decode("utf-8", "replace"), []).append(number)
     user, numbers = next((u, n) for u, n in lines.items() if len(n) > 1)
-    raise PrepareError(
-        f"{path}, lines {numbers[0]} and {numbers[1]}: user {user} has two sequences; a seqtxt file has one line per user"
-    )
+    raise PrepareError(f"{path}, lines {numbers[0]} and {numbers[1]}: user {user} has two sequences; a seqtxt file has one line per user")

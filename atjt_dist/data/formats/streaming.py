@@ -107,9 +107,7 @@ def _lines_array(buf: np.ndarray) -> pa.Array:
     data = np.empty(len(buf), dtype=np.uint8)
     offsets = np.empty(len(buf) + 2, dtype=np.int64)  # untouched slots cost address space only
     lines, size = _split_lines(buf, data, offsets)
-    return pa.Array.from_buffers(
-        pa.large_binary(), lines, [None, pa.py_buffer(offsets[: lines + 1].copy()), pa.py_buffer(data[:size])]
-    )
+    return pa.Array.from_buffers(pa.large_binary(), lines, [None, pa.py_buffer(offsets[: lines + 1].copy()), pa.py_buffer(data[:size])])
 
 
 LineCheck = Callable[[str], Optional[str]]
@@ -162,9 +160,7 @@ def _check_value(text: str, kind: str, name: str) -> Optional[str]:
     return None
 
 
-def delimited_check(
-    separator: str, fields: Sequence[tuple[int, str, str]], ncols: Optional[int], quoting: bool
-) -> LineCheck:
+def delimited_check(separator: str, fields: Sequence[tuple[int, str, str]], ncols: Optional[int], quoting: bool) -> LineCheck:
     """A line check for delimited text: field count, then each (index, name, kind) field."""
 
     def check(line: str) -> Optional[str]:
@@ -260,21 +256,15 @@ def read_delimited(
 def _raise_missing_columns(path: Path, wanted: list[str], separator: str) -> NoReturn:
     header = next(csv.reader([first_line(path)], delimiter=separator), [])
     missing = [c for c in wanted if c not in header]
-    raise PrepareError(
-        f"{path}: missing column(s) {', '.join(map(repr, missing))}; the header has {', '.join(header) or 'nothing'}"
-    )
+    raise PrepareError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; the header has {', '.join(header) or 'nothing'}")
 
 
-def read_json_lines(
-    path: Path, schema: pa.Schema, check: LineCheck, required: Sequence[str], block_bytes: int
-) -> Iterator[pa.RecordBatch]:
+def read_json_lines(path: Path, schema: pa.Schema, check: LineCheck, required: Sequence[str], block_bytes: int) -> Iterator[pa.RecordBatch]:
     """Stream JSON lines with an explicit schema; other fields are skipped, not converted."""
     parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     opts = pajson.ReadOptions(block_size=block_bytes)
     try:
-        reader = pajson.open_json(
-            pa.input_stream(str(path), compression="detect"), read_options=opts, parse_options=parse
-        )
+        reader = pajson.open_json(pa.input_stream(str(path), compression="detect"), read_options=opts, parse_options=parse)
     except pa.ArrowInvalid as exc:
         raise_bad_line(path, check, str(exc))
     while True:

@@ -54,9 +54,7 @@ def _table_block(batch: pa.RecordBatch, columns: dict[str, str], path: Path) -> 
     if "rating" in columns:
         column = batch.column(columns["rating"])
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            raise PrepareError(
-                f"{path}: rating column {columns['rating']!r} has type {column.type}; it must be numeric"
-            )
+            raise PrepareError(f"{path}: rating column {columns['rating']!r} has type {column.type}; it must be numeric")
         rating = _float_or_none(batch, columns["rating"])
     category = batch.column(columns["category"]).cast(pa.string()) if "category" in columns else None
     return Block(batch.column(columns["user"]), batch.column(columns["item"]), time, rating, category), unit
@@ -67,9 +65,7 @@ def _read_table_csv(path: Path, options: FormatOptions) -> Iterator[tuple[Block,
     header = next(csv.reader([first_line(path)], delimiter=options.delimiter), [])
     missing = [name for name in columns.values() if name not in header]
     if missing:
-        raise PrepareError(
-            f"{path}: missing column(s) {', '.join(map(repr, missing))}; the header has {', '.join(header)}"
-        )
+        raise PrepareError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; the header has {', '.join(header)}")
     # Ids and categories are strings (decimal ids still sort numerically); time and rating are
     # inferred from the first block and then fixed for the file.
     types = {columns[k]: pa.string() for k in ("user", "item", "category") if k in columns}
@@ -99,20 +95,14 @@ def _read_table_parquet(path: Path, options: FormatOptions) -> Iterator[tuple[Bl
     names = parquet.schema_arrow.names
     missing = [name for name in columns.values() if name not in names]
     if missing:
-        raise PrepareError(
-            f"{path}: missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(names)}"
-        )
+        raise PrepareError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(names)}")
     rows_before = 0
     for batch in parquet.iter_batches(batch_size=1 << 20, columns=list(columns.values())):
         for role in ("user", "item", "time"):
             column = batch.column(columns[role])
             if _null_or_empty(column):
-                bad = np.flatnonzero(
-                    pc.fill_null(pc.is_null(column), True).to_numpy(zero_copy_only=False) | _empty_mask(column)
-                )
-                raise PrepareError(
-                    f"{path}, row {rows_before + int(bad[0]) + 1}: column {columns[role]!r} is missing or empty"
-                )
+                bad = np.flatnonzero(pc.fill_null(pc.is_null(column), True).to_numpy(zero_copy_only=False) | _empty_mask(column))
+                raise PrepareError(f"{path}, row {rows_before + int(bad[0]) + 1}: column {columns[role]!r} is missing or empty")
         yield _table_block(batch, columns, path)
         rows_before += batch.num_rows
 

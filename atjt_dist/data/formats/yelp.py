@@ -25,9 +25,7 @@ def _yelp_role(path: Path, options: FormatOptions) -> tuple[str, Callable]:
         return "interactions (reviews)", _read_yelp_reviews
     if "business_id" in keys and "user_id" not in keys:
         return "items (businesses)", _read_yelp_business
-    raise PrepareError(
-        f"{path}: neither a Yelp review file (review_id, user_id, business_id, date) nor a business file"
-    )
+    raise PrepareError(f"{path}: neither a Yelp review file (review_id, user_id, business_id, date) nor a business file")
 
 
 def _yelp_date_ok(text: str) -> bool:
@@ -56,18 +54,12 @@ def parse_yelp_dates(dates: pa.Array) -> pa.Array:
 
 
 def _read_yelp_reviews(path: Path, options: FormatOptions) -> Iterator[Block]:
-    schema = pa.schema(
-        [("user_id", pa.string()), ("business_id", pa.string()), ("date", pa.string()), ("stars", pa.float64())]
-    )
-    for batch in read_json_lines(
-        path, schema, _yelp_review_check, ["user_id", "business_id", "date"], options.block_bytes
-    ):
+    schema = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("date", pa.string()), ("stars", pa.float64())])
+    for batch in read_json_lines(path, schema, _yelp_review_check, ["user_id", "business_id", "date"], options.block_bytes):
         seconds = parse_yelp_dates(batch.column("date"))
         if seconds.null_count:
             raise_bad_line(path, _yelp_review_check, "an unparsable date")
-        yield Block(
-            batch.column("user_id"), batch.column("business_id"), seconds.to_numpy(), _float_or_none(batch, "stars")
-        )
+        yield Block(batch.column("user_id"), batch.column("business_id"), seconds.to_numpy(), _float_or_none(batch, "stars"))
 
 
 def _read_yelp_business(path: Path, options: FormatOptions) -> Iterator[ItemBlock]:

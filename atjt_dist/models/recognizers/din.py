@@ -34,9 +34,7 @@ class NoiseRecognizer(Recognizer):
     def __init__(self, spec: ModelSpec, cfg: RecognizerConfig, table_prefix: str = "rg") -> None:
         super().__init__()
         dim = cfg.embedding_dim
-        self.embeddings = make_embedding_collection(
-            embedding_tables(table_prefix, dim, spec.num_users, spec.num_items, spec.num_categories)
-        )
+        self.embeddings = make_embedding_collection(embedding_tables(table_prefix, dim, spec.num_users, spec.num_items, spec.num_categories))
         self.attention = TargetAttention(2 * dim, cfg.attention_hidden, "prelu", cfg.dropout, normalise="none")
         self.mlp = MLP(dim + 4 * dim, cfg.mlp_hidden, 1, "prelu")
         xavier_init_(self)

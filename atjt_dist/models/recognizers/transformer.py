@@ -141,10 +141,7 @@ class ItemLevelRecognizer(Recognizer):
         self.embeddings = make_embedding_collection(item_tables(table_prefix, hidden, spec))
         self.positions = ReversePositions(spec.history_length, hidden)
         self.dropout = Dropout(cfg.transformer_dropout)
-        self.blocks = nn.ModuleList(
-            PackedBlock(hidden, cfg.transformer_inner_factor * hidden, cfg.transformer_dropout)
-            for _ in range(cfg.transformer_blocks)
-        )
+        self.blocks = nn.ModuleList(PackedBlock(hidden, cfg.transformer_inner_factor * hidden, cfg.transformer_dropout) for _ in range(cfg.transformer_blocks))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.head = nn.Linear(hidden, 1)
         xavier_init_(self)

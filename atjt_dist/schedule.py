@@ -1,40 +1,26 @@
-"""ATJT: the partition/phase schedule and the joint module (the losses: objective.py).
+"""ATJT's schedule: the partition of the training users, the phases, and the batches of each step.
 
-Schedule (METHOD.md section 3). The training users are split into N parts. In phase j the
-recommender trains on part j (B^R) for E epochs while recogniser g_j, initialised afresh, trains
-on the other N-1 parts (B^D); recommender batch i of the phase is paired with recogniser batches
+METHOD.md section 3. The training users are split into N parts. In phase j the recommender
+trains on part j (B^R) for E epochs while recogniser g_j, initialised afresh, trains on the
+other N-1 parts (B^D); recommender batch i of the phase is paired with recogniser batches
 i(N-1) .. (i+1)(N-1)-1 of B^D (B^D is reshuffled each time it is exhausted). The weights of a
 recommender sequence therefore always come from a recogniser that never trained on its user.
-The baseline runs the very same phases, batches and order with w = 1.
-
-The joint module holds the recommender and the N recognisers in one module tree, so one
-DistributedModelParallel shards all their tables and one backward serves L_R + lambda * L_D.
-The 'two_stage' ablation trains g_j first on B^D alone (stage 'recognizer'), then freezes it and
-reweights the recommender (stage 'recommender'); T-CE, R-CE and the baseline run the same
-schedule without recognisers.
+The baseline, T-CE, R-CE and the oracles run the very same phases, batches and order with
+their own weights. The 'two_stage' ablation splits each phase into a recogniser-only stage and
+a recommender-only stage. The module the steps feed: atjt_dist.joint; the losses: objective.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from .config import Config, ConfigError
 from .data.dataset import BatchArrays, SampleSpace, TrainingData
 from .data.sampling import partition_users
-from .models import ModelSpec, SequentialRecommender, build_recommender
-from .models.recognizers import build_recognizer
-from .models.batch import SequenceBatch
-from .models.layers import dropout_rows, name_dropout_layers
 from .objective import ORACLE_LEVELS, objective_name
-
-# ---------------------------------------------------------------------------------------------
-# Schedule
-# ---------------------------------------------------------------------------------------------
 
 JOINT, RECOGNIZER_ONLY, RECOMMENDER_ONLY = "joint", "recognizer", "recommender"
 
@@ -102,8 +88,7 @@ class Schedule:
                 )
             if self.uses_recognizer and aux_batches == 0:
                 raise ConfigError(
-                    f"phase {j}: the recogniser's {aux_space.size} samples are fewer than one batch of "
-                    f"atjt.recognizer_batch_size={self.aux_batch}; lower it"
+                    f"phase {j}: the recogniser's {aux_space.size} samples are fewer than one batch of atjt.recognizer_batch_size={self.aux_batch}; lower it"
                 )
             self.phases.append(Phase(j, part, others, rec_space, aux_space, rec_batches, aux_batches))
         self.dropped_samples = sum(p.rec_space.size - p.rec_batches * self.batch for p in self.phases)
@@ -197,9 +182,15 @@ class Schedule:
             cycle, index = divmod(k, ph.aux_batches)
             order = self._order(ph.aux_space, "aux", plan.phase, cycle)
             part = self.data.recognizer_batch(
-                ph.aux_space, order, index, self.aux_batch, counters=(plan.phase, k),
-                noise_fraction=a.noise_fraction, replace_count=a.replace_count,
-                per_row_position=a.per_row_position, replacement=a.replacement,
+                ph.aux_space,
+                order,
+                index,
+                self.aux_batch,
+                counters=(plan.phase, k),
+                noise_fraction=a.noise_fraction,
+                replace_count=a.replace_count,
+                per_row_position=a.per_row_position,
+                replacement=a.replacement,
             )
             part.row_ids = part.row_ids + 2 * self.batch + i * self.aux_batch
             parts.append(part)
@@ -217,124 +208,3 @@ class Schedule:
             stream = (phase, epoch) if kind == "rec" else (1_000_003, phase, epoch)
             cache[key] = self.data.epoch_order(space, *stream)
         return cache[key]
-
-
-# ---------------------------------------------------------------------------------------------
-# The joint module
-# ---------------------------------------------------------------------------------------------
-
-
-class JointModel(nn.Module):
-    """The recommender and the N recognisers in one module tree (one DMP, one backward).
-
-    ``forward(rec, aux, phase, stage)`` returns a dict with
-    - ``rec_logits`` [R]: the recommender's logits on the recommender rows (positives, negatives);
-      in next-item training ``seq_logits`` = (positive, negative) logits [R, L] instead;
-    - ``weight_logits``: recogniser g_phase on the clean positives, one per sequence (absent
-      for the baseline);
-    - ``aux_logits`` [A]: g_phase on the corrupted recogniser rows (absent without them).
-    The recogniser sees its two inputs in one pass (rows concatenated).
-    """
-
-    def __init__(self, spec: ModelSpec, cfg: Config) -> None:
-        super().__init__()
-        self.recommender = build_recommender(spec, cfg.model)
-        self.next_item = cfg.model.objective == "next_item"
-        if self.next_item and not isinstance(self.recommender, SequentialRecommender):
-            raise ConfigError(f"config key 'model.objective': next_item needs a sequential model; {cfg.model.name!r} is pointwise only")
-        n = cfg.atjt.num_parts if objective_name(cfg) == "atjt" else 0
-        self.recognizers = nn.ModuleList(
-            build_recognizer(spec, cfg.atjt.recognizer, table_prefix=f"rg{j}") for j in range(n)
-        )
-        # The leak fix: the recogniser's user rows of the users it weights stay out of L_R's
-        # backward (the 'no_aux' ablation learns its weights from L_R alone, so it keeps them).
-        self.isolate_weighted_users = cfg.atjt.isolate_weighted_users and cfg.atjt.variant != "no_aux"
-        # Dropout masks are keyed by each layer's path in this tree (the same in every process).
-        name_dropout_layers(self)
-        self.weight_dropout = cfg.atjt.weight_dropout
-
-    def idle_dense_parameters(self, phase: int, stage: str) -> list[nn.Parameter]:
-        """Dense parameters that this step's forward leaves without a gradient: the other
-        phases' recognisers, and in two-stage training the model not being trained.
-
-        DDP needs every parameter it manages to take part in every step. Rather than search the
-        autograd graph each step (``find_unused_parameters``, a few ms per step), the forward
-        touches these with a zero-weighted term, and the trainer drops their (zero) gradients
-        before the optimiser step so that neither weight decay nor Adagrad's state moves them.
-        """
-        key = (phase, stage)
-        cache = self.__dict__.setdefault("_idle_cache", {})
-        if key not in cache:
-            idle: list[nn.Module] = [g for j, g in enumerate(self.recognizers) if j != phase]
-            if stage == RECOGNIZER_ONLY:
-                idle.append(self.recommender)
-            elif stage == RECOMMENDER_ONLY and len(self.recognizers):
-                idle.append(self.recognizers[phase])  # frozen in two-stage training
-            cache[key] = [p for m in idle for name, p in m.named_parameters() if p.requires_grad and "embeddings." not in name]
-        return cache[key]
-
-    def forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> dict:
-        out = self._forward(rec, aux, phase, stage)
-        if self.training:
-            idle = self.idle_dense_parameters(phase, stage)
-            if idle:
-                out["idle_touch"] = torch.stack([p.reshape(-1)[0] for p in idle]).sum() * 0.0
-        return out
-
-    def _forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> dict:
-        # Each model call names the global ids of the rows it reads: they key its dropout masks.
-        out: dict = {}
-        if stage != RECOGNIZER_ONLY and rec is not None:
-            with dropout_rows(rec.row_ids):
-                if self.next_item:
-                    out["seq_logits"] = self.recommender.sequence_logits(rec)
-                else:
-                    out["rec_logits"] = self.recommender(rec)
-                extra = self.recommender.extra_loss(rec) if self.training else None
-            if extra is not None:
-                out["extra_loss"] = extra
-        if not len(self.recognizers):
-            return out
-        g = self.recognizers[phase]
-        if stage == RECOGNIZER_ONLY:
-            with dropout_rows(aux.row_ids):
-                self._aux_outputs(out, *g.forward_items(aux))
-            return out
-        # The weight of a sequence comes from its clean positive: the first half of pointwise
-        # rows, every row of a next-item batch. The recogniser runs in the module's mode (in
-        # training: batch statistics); its dropout drops units of the weights' rows too unless
-        # atjt.weight_dropout is off.
-        positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
-        n = len(positives)
-        if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
-            with torch.no_grad(), dropout_rows(positives.row_ids, self._weight_rows_exempt(n, n, positives.hist.device)):
-                out["weight_logits"] = g(positives)
-            return out
-        frozen = n if self.isolate_weighted_users else 0
-        if aux is None:
-            with dropout_rows(positives.row_ids, self._weight_rows_exempt(n, n, positives.hist.device)):
-                out["weight_logits"] = g.forward_items(positives, frozen_user_rows=frozen)[0]
-            return out
-        if aux.replaced is not None:  # the positives are clean: nothing of theirs was replaced
-            positives = replace(positives, replaced=torch.zeros_like(positives.hist, dtype=torch.bool))
-        both = SequenceBatch.concat([positives, aux])
-        with dropout_rows(both.row_ids, self._weight_rows_exempt(n, len(both), positives.hist.device)):
-            seq, items = g.forward_items(both, frozen_user_rows=frozen)
-        out["weight_logits"] = seq[:n]
-        self._aux_outputs(out, seq[n:], None if items is None else items[n:])
-        return out
-
-    def _weight_rows_exempt(self, n: int, total: int, device: torch.device) -> Optional[torch.Tensor]:
-        """bool [total]: the first n rows (the weights' rows) exempt from the recogniser's
-        dropout when atjt.weight_dropout is off; None (no exemption) when it is on."""
-        if self.weight_dropout:
-            return None
-        return torch.arange(total, device=device) < n
-
-    @staticmethod
-    def _aux_outputs(out: dict, seq_logits: torch.Tensor, item_logits: Optional[torch.Tensor]) -> None:
-        """The recogniser's outputs on the corrupted rows: sequence logits, and the item-level
-        detector's per-history-item logits (its L_D is per item)."""
-        out["aux_logits"] = seq_logits
-        if item_logits is not None:
-            out["aux_item_logits"] = item_logits

@@ -1,0 +1,69 @@
+"""The ``atjt`` command: one entry point for every command of the package.
+
+    atjt <command> [options]        (python -m atjt_dist <command> ... is the same)
+
+Each command is also a module of its own (``python -m atjt_dist.train ...`` keeps working); this
+dispatcher imports a command only to run it, so ``atjt --help`` and ``atjt <command> --help``
+answer in well under a second, without loading torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import sys
+
+#: command -> (module, one-line summary). Commands whose own argparse prints their help.
+COMMANDS = {
+    "train": ("atjt_dist.train", "train a base model, with ATJT or as the baseline"),
+    "prepare": ("atjt_dist.data.prepare", "turn raw logs (MovieLens, Amazon, Yelp, sequences) into a dataset"),
+    "synthetic": ("atjt_dist.data.synthetic", "generate a synthetic dataset with planted noise"),
+    "compare": ("atjt_dist.compare", "train several methods over paired seeds on the same data"),
+    "audit": ("atjt_dist.audit", "plant known noise in a real dataset and measure each method"),
+    "score": ("atjt_dist.score", "export every training user's noise score from an ATJT run"),
+    "report": ("atjt_dist.report", "plots and a Markdown summary of runs"),
+    "reproduce": ("atjt_dist.reproduce", "the paper's grid: datasets x models x methods x seeds"),
+    "pretrain": ("atjt_dist.pretrain", "pre-train S3Rec's encoder"),
+}
+#: commands with options of their own parsed by argparse (their --help lists them)
+ARGPARSE_COMMANDS = ("prepare", "synthetic", "report", "score")
+
+
+def overview() -> str:
+    """The top-level help: the commands and where to read more."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: atjt <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "atjt <command> --help: the command's options; every config key: docs/config.md."]
+    return "\n".join(lines)
+
+
+def module_doc(module: str) -> str:
+    """A module's docstring, read from its source without importing it."""
+    spec = importlib.util.find_spec(module)
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read())) or ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (atjt)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"atjt: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = COMMANDS[name][0]
+    if name not in ARGPARSE_COMMANDS and any(a in ("-h", "--help", "--help-all") for a in rest):
+        from .cli import print_help
+
+        print_help(f"atjt {name}", module_doc(module), full="--help-all" in rest)
+        return 0
+    return importlib.import_module(module).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
