@@ -79,6 +79,7 @@ class _WindowStats:
         self.steps = 0
         self.rows = 0
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # steps that reported each statistic
         self.aux_scores: list[torch.Tensor] = []
         self.aux_labels: list[torch.Tensor] = []
         self.started = time.perf_counter()
@@ -89,6 +90,7 @@ class _WindowStats:
         for key, value in losses.stats.items():
             value = value.detach().double()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
         if "aux_logits" in out and aux is not None:
             self.aux_scores.append(out["aux_logits"].detach().float())
             self.aux_labels.append(aux.label)
@@ -97,12 +99,11 @@ class _WindowStats:
         """Window means of the losses and weights (a collective: every rank calls it)."""
         keys = sorted(self.sums)
         totals = dict(zip(keys, global_sum(torch.stack([self.sums[k] for k in keys])).tolist())) if keys else {}
-        n = max(self.steps, 1)
         elapsed = time.perf_counter() - self.started
         record = {"samples_per_s": self.rows / elapsed if elapsed > 0 else float("nan")}
         for key in ("loss", "loss_rec", "loss_aux", "loss_extra", "dropped"):
-            if key in totals:
-                record[key] = totals[key] / n
+            if key in totals:  # the mean over the steps that computed it (a warm-up step has no L_R)
+                record[key] = totals[key] / self.counts[key]
         for name, (num, den) in {
             "weight_mean": ("weight_sum", "weight_n"),
             "w_clean": ("w_clean_sum", "w_clean_n"),
@@ -251,6 +252,9 @@ class Trainer:
         cpu = torch.device("cpu")
         for plan, batches in step_batches(plans, lambda p: self._batches(p, cpu), self.ctx.device, cfg.dist.pipeline):
             if last is not None and (plan.phase, plan.stage) != (last.phase, last.stage):
+                if stats.steps:  # a log window never straddles two phases or stages
+                    self._log_window(last, stats, bar)
+                    stats.reset()
                 self._end_phase(last, hist)
             losses, out, rec, aux = self.train_step(plan, batches)
             hist.observe(plan.epoch, out, rec, aux)
