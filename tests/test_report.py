@@ -364,3 +364,20 @@ def test_step_lines_carry_elapsed_time_and_eta():
     assert runlog.eta_text(1000.0, 100, 150, 300, 1050.0) == "elapsed 50s, eta 2m30s"
     assert runlog.eta_text(1000.0, 100, 100, 300, 1000.0) == "elapsed 0s, eta ?"
     assert runlog.eta_text(0.0, 0, 300, 300, 90.0) == "elapsed 1m30s, eta 0s"
+
+
+def test_window_means_count_only_the_steps_that_computed_each_loss():
+    """A log window with recogniser-only (warm-up) steps averages L_R over the steps that had
+    one, not over every step of the window (which read 0.11 for 0.44 before)."""
+    import torch
+
+    from atjt_dist.objective import Losses
+    from atjt_dist.trainer import _WindowStats
+
+    window = _WindowStats(torch.device("cpu"))
+    for _ in range(3):
+        window.add(Losses(backward=torch.tensor(0.0), stats={"loss": torch.tensor(1.0), "loss_rec": torch.tensor(0.4)}), {}, None, 10)
+    window.add(Losses(backward=torch.tensor(0.0), stats={"loss": torch.tensor(2.0), "loss_aux": torch.tensor(0.7)}), {}, None, 0)
+    record = window.summary()
+    assert record["loss_rec"] == pytest.approx(0.4) and record["loss_aux"] == pytest.approx(0.7)
+    assert record["loss"] == pytest.approx(1.25)
