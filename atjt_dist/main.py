@@ -19,12 +19,12 @@ COMMANDS = {
     "train": ("atjt_dist.train", "train a base model, with ATJT or as the baseline"),
     "prepare": ("atjt_dist.data.prepare", "turn raw logs (MovieLens, Amazon, Yelp, sequences) into a dataset"),
     "synthetic": ("atjt_dist.data.synthetic", "generate a synthetic dataset with planted noise"),
-    "compare": ("atjt_dist.compare", "train several methods over paired seeds on the same data"),
-    "audit": ("atjt_dist.audit", "plant known noise in a real dataset and measure each method"),
-    "score": ("atjt_dist.score", "export every training user's noise score from an ATJT run"),
-    "report": ("atjt_dist.report", "plots and a Markdown summary of runs"),
-    "reproduce": ("atjt_dist.reproduce", "the paper's grid: datasets x models x methods x seeds"),
-    "pretrain": ("atjt_dist.pretrain", "pre-train S3Rec's encoder"),
+    "compare": ("atjt_dist.commands.compare", "train several methods over paired seeds on the same data"),
+    "audit": ("atjt_dist.commands.audit", "plant known noise in a real dataset and measure each method"),
+    "score": ("atjt_dist.commands.score", "export every training user's noise score from an ATJT run"),
+    "report": ("atjt_dist.commands.report", "plots and a Markdown summary of runs"),
+    "reproduce": ("atjt_dist.commands.reproduce", "the paper's grid: datasets x models x methods x seeds"),
+    "pretrain": ("atjt_dist.commands.pretrain", "pre-train S3Rec's encoder"),
 }
 #: commands with options of their own parsed by argparse (their --help lists them)
 ARGPARSE_COMMANDS = ("prepare", "synthetic", "report", "score")

@@ -14,20 +14,20 @@ import torch
 from conftest import PAPER_SCHEDULE, write_tiny_dataset
 from model_checks import random_batch
 
-import atjt_dist.pretrain as pretrain_cmd
-from atjt_dist.config import Config, ConfigError, ModelConfig, build_config
-from atjt_dist.data.dataset import TrainingData
-from atjt_dist.metrics import candidate_metrics
-from atjt_dist.models import ModelSpec, build_recommender
-from atjt_dist.models.batch import embed
-from atjt_dist.models.s3rec import S3Rec, apply_pretrained, load_checkpoint
-from atjt_dist.pretrain import (
+import atjt_dist.commands.pretrain as pretrain_cmd
+from atjt_dist.commands.pretrain import (
     LOSSES,
     PretrainSamples,
     S3RecPretraining,
     sampling_generator,
     weighted_total,
 )
+from atjt_dist.config import Config, ConfigError, ModelConfig, build_config
+from atjt_dist.data.dataset import TrainingData
+from atjt_dist.metrics import candidate_metrics
+from atjt_dist.models import ModelSpec, build_recommender
+from atjt_dist.models.batch import embed
+from atjt_dist.models.s3rec import S3Rec, apply_pretrained, load_checkpoint
 
 SPEC = ModelSpec(num_users=30, num_items=40, num_categories=5, history_length=7)
 # A small S3Rec for the data-backed tests (the paper's sizes are configs/models/s3rec.yaml).

@@ -159,7 +159,7 @@ def test_item_level_scores_are_exported_and_audited(noisy_dataset, tmp_path):
     planted items, and in score's table, aligned with each window's history."""
     import pyarrow.parquet as pq
 
-    from atjt_dist.score import score_run
+    from atjt_dist.commands.score import score_run
 
     run = tmp_path / "transformer"
     argv = [

@@ -178,7 +178,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_report_on_one_run_plots_its_records(runs, tmp_path):
-    from atjt_dist.report import build_report
+    from atjt_dist.commands.report import build_report
 
     report = build_report([runs.atjt], tmp_path / "out")
     assert set(report.plots) == {"metrics", "training_curves", "weight_hist_corrupted", "weight_hist_planted", "user_weights"}
@@ -237,7 +237,7 @@ def test_report_command_on_a_compare_directory_and_a_run(runs):
     assert f"| base | 1 | {base_auc:.4f} |" in md
 
     # the bar chart's data (what plot_metrics returns): the runs' metrics grouped by method
-    from atjt_dist.report import load_runs, metrics_by_group
+    from atjt_dist.commands.report import load_runs, metrics_by_group
 
     loaded = load_runs([runs.compare, runs.atjt2])
     assert sorted(r.name for r in loaded) == ["atjt seed1", "atjt seed2", "base seed1"]
@@ -248,7 +248,7 @@ def test_report_command_on_a_compare_directory_and_a_run(runs):
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
-    from atjt_dist.report import main
+    from atjt_dist.commands.report import main
 
     assert main([str(tmp_path)]) == 2
     assert "neither a run directory" in capsys.readouterr().err

@@ -260,9 +260,9 @@ def test_reproduce_runs_the_grid_then_skips_finished_cells(tiny_dataset, tmp_pat
 
 
 def test_popularity_ranker_counts_training_users_only(tiny_dataset):
+    from atjt_dist.commands.reproduce import popularity_metrics, training_popularity
     from atjt_dist.data.layout import open_arrays
     from atjt_dist.metrics import candidate_metrics
-    from atjt_dist.reproduce import popularity_metrics, training_popularity
 
     a = open_arrays(tiny_dataset)
     train = np.asarray(a.fold) != 0
