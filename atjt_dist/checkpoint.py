@@ -69,6 +69,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import Config, ConfigError, to_dict
+from .files import sha256_file
 
 log = logging.getLogger("atjt_dist")
 
@@ -185,14 +186,6 @@ def config_hash(cfg: Config) -> str:
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

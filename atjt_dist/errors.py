@@ -21,3 +21,8 @@ class RunError(RuntimeError):
     one line on stderr and ``exit_status``, no traceback (subclasses: atjt_dist.faults)."""
 
     exit_status = 2
+
+
+class ReportError(ValueError):
+    """An input of ``atjt report`` is not a run or compare directory, or a report dependency
+    (matplotlib) is missing."""

@@ -284,17 +284,17 @@ class WeightHistograms:
     def reset(self) -> None:
         self.acc.zero_()
 
-    def observe(self, epoch: int, out: dict, rec, aux) -> None:
-        """Add one step's outputs (the joint module's dict and its batches) if ``epoch`` is the
-        phase's last; one index_add on the device, no host sync."""
+    def observe(self, epoch: int, out, rec, aux) -> None:
+        """Add one step's outputs (the joint module's objective.StepOutput and its batches) if
+        ``epoch`` is the phase's last; one index_add on the device, no host sync."""
         if epoch != self.last_epoch:
             return
         probs, rows = [], []
-        if "aux_logits" in out and aux is not None:
-            probs.append(torch.sigmoid(out["aux_logits"].detach().float()))
+        if out.aux_logits is not None and aux is not None:
+            probs.append(torch.sigmoid(out.aux_logits.detach().float()))
             rows.append((aux.label < 0.5).long())  # label 1 = clean -> row 0, corrupted -> row 1
-        if "weight_logits" in out and rec is not None and self.noise_users is not None:
-            w = torch.sigmoid(out["weight_logits"].detach().float())
+        if out.weight_logits is not None and rec is not None and self.noise_users is not None:
+            w = torch.sigmoid(out.weight_logits.detach().float())
             probs.append(w)
             users = rec.user[: w.numel()]  # the sequences' positives come first (or are all rows)
             rows.append(2 + self.noise_users[users].long())  # clean user -> row 2, noisy -> row 3

@@ -8,15 +8,13 @@
 ``run_training(cfg)`` does all of that (and turns a dead peer into one clear error); every
 command (train, compare, reproduce, audit) runs its trainings through it.
 
-One training step (``train_step``): build this rank's rows of the step's batches, one forward of
-the joint module, the joint objective, one backward (the embedding tables' optimiser runs fused
-inside it), one dense optimiser step. Statistics stay on the device and are read every
-``train.log_every`` steps, so the step itself never waits for the host.
+This module sets a run up (process group, data, model, optimisers, checkpoints and resume,
+fault watching) and closes it; the loop is trainer_loop.TrainingLoop, the evaluation
+trainer_eval.Evaluation, both parts of :class:`Trainer`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import time
@@ -26,21 +24,19 @@ from typing import Optional
 import torch
 
 from .checkpoint import Checkpoints, rewind_metrics
-from .collectives import global_sum
 from .config import Config, ConfigError, dump_yaml
 from .data.dataset import TrainingData
+from .data.layout import dataset_fingerprint
 from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
 from .faults import FaultHooks, LossMonitor, NonFiniteLossError, elastic_restart_count, leave_broken_group, peer_failure
 from .joint import JointModel
-from .metrics import CandidateMetrics, gather_binary_auc, popularity_result, popularity_scores, training_popularity
-from .models import ModelSpec, SequentialRecommender
-from .models.batch import SequenceBatch
-from .models.layers import dice_layers, dropout_rows, dropout_step, population_statistics
-from .objective import Losses, compute_losses, objective_name
-from .optim import build_optimizers, learning_rate, lr_decay_factor, set_recommender_lr
-from .prefetch import prefetch_plans, step_batches
-from .runlog import MetricsWriter, WeightHistograms, choose_run_dir, eta_text, progress_bar, record_user_weights, setup_logging, use_tensorboard, write_json
-from .schedule import RECOGNIZER_ONLY, Schedule, StepPlan
+from .models import ModelSpec
+from .objective import Losses, build_objective, objective_name
+from .optim import build_optimizers
+from .runlog import MetricsWriter, choose_run_dir, setup_logging, use_tensorboard, write_json
+from .schedule import Schedule, StepPlan
+from .trainer_eval import Evaluation
+from .trainer_loop import TrainingLoop
 
 log = logging.getLogger("atjt_dist")
 
@@ -64,60 +60,8 @@ def resolve_data_path(cfg: Config, ctx: DistContext) -> Path:
     return ensure_dataset(cfg.data.synthetic)
 
 
-class _WindowStats:
-    """The step statistics since the last log line.
-
-    Each step's ``Losses.stats`` are this rank's shares of global sums; they are added up on the
-    device and reduced across ranks once per log line, so steps never wait for the host.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps = 0
-        self.rows = 0
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}  # steps that reported each statistic
-        self.aux_scores: list[torch.Tensor] = []
-        self.aux_labels: list[torch.Tensor] = []
-        self.started = time.perf_counter()
-
-    def add(self, losses: Losses, out: dict, aux: Optional[SequenceBatch], global_rows: int) -> None:
-        self.steps += 1
-        self.rows += global_rows
-        for key, value in losses.stats.items():
-            value = value.detach().double()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-            self.counts[key] = self.counts.get(key, 0) + 1
-        if "aux_logits" in out and aux is not None:
-            self.aux_scores.append(out["aux_logits"].detach().float())
-            self.aux_labels.append(aux.label)
-
-    def summary(self) -> dict:
-        """Window means of the losses and weights (a collective: every rank calls it)."""
-        keys = sorted(self.sums)
-        totals = dict(zip(keys, global_sum(torch.stack([self.sums[k] for k in keys])).tolist())) if keys else {}
-        elapsed = time.perf_counter() - self.started
-        record = {"samples_per_s": self.rows / elapsed if elapsed > 0 else float("nan")}
-        for key in ("loss", "loss_rec", "loss_aux", "loss_extra", "dropped"):
-            if key in totals:  # the mean over the steps that computed it (a warm-up step has no L_R)
-                record[key] = totals[key] / self.counts[key]
-        for name, (num, den) in {
-            "weight_mean": ("weight_sum", "weight_n"),
-            "w_clean": ("w_clean_sum", "w_clean_n"),
-            "w_noisy": ("w_noisy_sum", "w_noisy_n"),
-        }.items():
-            if den in totals and totals[den] > 0:
-                record[name] = totals[num] / totals[den]
-        if self.aux_scores:
-            record["recognizer_auc"] = gather_binary_auc(torch.cat(self.aux_scores), torch.cat(self.aux_labels))
-        return record
-
-
-class Trainer:
-    """A run: setup in __init__, then train(), evaluate(), close()."""
+class Trainer(TrainingLoop, Evaluation):
+    """A run: setup in __init__, then train() (TrainingLoop), evaluate() (Evaluation), close()."""
 
     def __init__(self, cfg: Config, ctx: Optional[DistContext] = None) -> None:
         self.cfg = cfg
@@ -139,22 +83,11 @@ class Trainer:
             )
 
         data_path = resolve_data_path(cfg, self.ctx)
-        d = cfg.data
-        self.data = TrainingData(
-            data_path,
-            split=d.split,
-            fold=d.fold,
-            history_length=d.history_length,
-            mode=d.mode,
-            negative_sampler=d.negative_sampler,
-            popularity_exponent=d.popularity_exponent,
-            seed=cfg.seed,
-            rank=self.ctx.rank,
-            world=self.ctx.world,
-        )
+        self.data = TrainingData.from_config(data_path, cfg, rank=self.ctx.rank, world=self.ctx.world)
         self.schedule = Schedule(self.data, cfg)
+        self.objective = build_objective(cfg)
         meta = self.data.meta
-        self.spec = ModelSpec(meta["num_users"], meta["num_items"], meta["num_categories"], d.history_length)
+        self.spec = ModelSpec(meta["num_users"], meta["num_items"], meta["num_categories"], cfg.data.history_length)
         noise = self.data.arrays.noise_users
         self.noise_users = torch.from_numpy(noise).to(self.ctx.device) if noise is not None else None
 
@@ -200,255 +133,6 @@ class Trainer:
             )
         self._init_checkpoints()
 
-    # -- steps --------------------------------------------------------------------------------
-
-    def total_steps(self) -> int:
-        total = self.schedule.total_steps()
-        return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
-
-    def recommender_lr(self, plan: StepPlan) -> float:
-        """The recommender's learning rate at ``plan`` (train.lr under train.lr_decay, over the
-        steps that train it up to train.max_steps): a function of the step alone, so a resumed
-        run continues the uninterrupted run's schedule."""
-        total = self.schedule.recommender_steps(self.total_steps())
-        return self.cfg.train.lr * lr_decay_factor(self.cfg, self.schedule.recommender_step(plan), total)
-
-    def _batches(self, plan: StepPlan, device: Optional[torch.device] = None) -> tuple[Optional[SequenceBatch], Optional[SequenceBatch]]:
-        dev = self.ctx.device if device is None else device
-        rec = None if plan.stage == RECOGNIZER_ONLY else SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(dev)
-        aux_arrays = self.schedule.recognizer_batch(plan)
-        aux = SequenceBatch.from_arrays(aux_arrays).to(dev) if aux_arrays is not None else None
-        return rec, aux
-
-    def train_step(self, plan: StepPlan, batches: Optional[tuple] = None) -> tuple[Losses, dict, Optional[SequenceBatch], Optional[SequenceBatch]]:
-        """One optimisation step of the plan's batches (built here unless prefetched onto the
-        device, dist.pipeline); returns losses and outputs (on device)."""
-        rec, aux = batches if batches is not None else self._batches(plan)
-        if rec is not None:  # a step that trains the recommender: its lr for this step
-            set_recommender_lr(self.model, self.dense_optimizer, self.recommender_lr(plan))
-        # Dropout masks are keyed by (seed, step, layer, call, global row, element): the same
-        # on any number of processes, and on resume (models/layers.py, Dropout).
-        with dropout_step(self.cfg.seed, plan.step):
-            out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)  # the DMP model (via DeepSpeed's engine)
-        losses = compute_losses(out, rec, aux, self.cfg, plan.stage, plan.step)
-        # Embedding tables update inside the backward (fused optimiser); the idle dense
-        # parameters (untouched by this step) get neither weight decay nor an Adagrad update.
-        self.dense_optimizer.backward(losses.backward, self.model.module.idle_dense_parameters(plan.phase, plan.stage))
-        self.dense_optimizer.step()
-        self.dense_optimizer.zero_grad(set_to_none=True)
-        return losses, out, rec, aux
-
-    def train(self) -> None:
-        """Run the schedule from the current step to the end (or train.max_steps)."""
-        cfg = self.cfg
-        total = self.total_steps()
-        stats = _WindowStats(self.ctx.device)
-        hist = WeightHistograms(cfg.log.weight_hist_bins, cfg.train.epochs, self.ctx.device, self.noise_users)
-        last: Optional[StepPlan] = None
-        bar = progress_bar(total, self.step, cfg.train.progress_bar and self.ctx.is_main)
-        self._clock = (time.monotonic(), self.step)  # for the step lines' ETA
-        self.model.train()
-        plans = prefetch_plans(self.schedule.steps(), self.step, total)
-        cpu = torch.device("cpu")
-        for plan, batches in step_batches(plans, lambda p: self._batches(p, cpu), self.ctx.device, cfg.dist.pipeline):
-            if last is not None and (plan.phase, plan.stage) != (last.phase, last.stage):
-                if stats.steps:  # a log window never straddles two phases or stages
-                    self._log_window(last, stats, bar)
-                    stats.reset()
-                self._end_phase(last, hist)
-            losses, out, rec, aux = self.train_step(plan, batches)
-            hist.observe(plan.epoch, out, rec, aux)
-            last = plan
-            self.step = plan.step + 1
-            self._watch_losses(losses)
-            global_rows = (len(rec) if rec is not None else 0) * self.ctx.world
-            stats.add(losses, out, aux, global_rows)
-            if bar is not None:
-                bar.update(1)
-            checkpoint_due = self._checkpoint_due(total)
-            if self.step % cfg.train.log_every == 0 or self.step == total or checkpoint_due:
-                self._log_window(plan, stats, bar)
-                stats.reset()
-            if checkpoint_due:
-                self.save_checkpoint(plan)
-            self.hooks.after_step(self.step, self.ctx.rank)
-        if last is not None:
-            self._end_phase(last, hist)
-            if self.step == total and self._saved_step != total:
-                self.save_checkpoint(last)  # the end of training (after the phase's records)
-        if bar is not None:
-            bar.close()
-
-    def _end_phase(self, plan: StepPlan, hist: WeightHistograms) -> None:
-        """Records at the end of a phase (or stage): 'phase_end', and 'weight_hist' with the
-        histograms of its latest epoch's weights (a collective: every rank calls it)."""
-        where = dict(step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch)
-        self.metrics_log.write("phase_end", **where)
-        histograms = hist.summary()
-        if histograms:
-            self.metrics_log.write("weight_hist", **where, **histograms)
-        hist.reset()
-
-    def _learning_rates(self, plan: StepPlan) -> dict:
-        """The recommender's learning rate at ``plan`` and the phase's recogniser's (for the log)."""
-        lrs = {"lr": self.recommender_lr(plan)}
-        if self.schedule.uses_recognizer:
-            lrs["lr_recognizer"] = learning_rate(self.cfg, f"recognizers.{plan.phase}.")
-        return lrs
-
-    def _log_window(self, plan: StepPlan, stats: _WindowStats, bar) -> None:
-        self._check_finite()
-        record = stats.summary()
-        self.metrics_log.write("train", step=self.step, phase=plan.phase, stage=plan.stage, epoch=plan.epoch, **record, **self._learning_rates(plan))
-        if self.ctx.is_main:
-            parts = [f"step {self.step}/{self.total_steps()}", f"phase {plan.phase}", f"loss {record['loss']:.4f}"]
-            for key, label in (("loss_rec", "L_R"), ("loss_aux", "L_D"), ("w_clean", "w_clean"), ("w_noisy", "w_noisy"), ("recognizer_auc", "rg_auc")):
-                if key in record:
-                    parts.append(f"{label} {record[key]:.4f}")
-            parts.append(f"{record['samples_per_s']:.0f} samples/s")
-            parts.append(eta_text(*self._clock, self.step, self.total_steps(), time.monotonic()))
-            line = " | ".join(parts)
-            if bar is not None:
-                bar.write(line)
-            else:
-                log.info(line)
-
-    # -- evaluation ---------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Test metrics over the stored candidates (exact across ranks).
-
-        With ATJT on a dataset with planted noise, also ``noise_weight_auc``: how well the
-        trained recognisers' weights rank clean training users above noisy ones.
-
-        Always also ``popularity``: the same metrics (same keys, paper_compat HR NaN) of the
-        popularity ranker (metrics.training_popularity: item counts in the training data) on
-        the same test users and candidates, so every run shows the bar its model must clear.
-        """
-        cfg = self.cfg
-        acc = CandidateMetrics(k=cfg.eval.k)
-        # The popularity ranker rides along the model's batches (same users, same rank slices),
-        # so its metrics are exact across ranks by the same reduction; counting is one bincount.
-        pop_acc = CandidateMetrics(k=cfg.eval.k)
-        popularity = training_popularity(self.data.arrays, cfg.data.split, cfg.data.fold)
-        recommender = self.model.module.recommender
-        self.recompute_population_statistics()
-        self.model.eval()
-        try:
-            # A sequential model encodes each history once and scores all its candidates from it.
-            once = isinstance(recommender, SequentialRecommender)
-            for start, size in self.data.user_batches(self.data.test_users, cfg.eval.batch_users):
-                rows, valid = self.data.test_batch(start, size, expand=not once)
-                batch = SequenceBatch.from_arrays(rows).to(self.ctx.device)
-                scores = recommender.score_candidates(batch) if once else recommender(batch).view(len(valid), -1)
-                acc.update(scores, torch.from_numpy(valid).to(self.ctx.device))
-                candidates = rows.candidates if once else rows.target.reshape(len(valid), -1)  # [users, C] item ids
-                pop_acc.update(popularity_scores(popularity, candidates, self.ctx.device), torch.from_numpy(valid).to(self.ctx.device))
-        finally:
-            self.model.train()
-        metrics = acc.compute()
-        metrics["popularity"] = popularity_result(pop_acc.compute())  # a collective, like acc's
-        if self.schedule.uses_recognizer and (self.noise_users is not None or cfg.log.user_weights):
-            users, weights = self.score_training_users()
-            if self.noise_users is not None:
-                noisy = self.noise_users[users]
-                metrics["noise_weight_auc"] = gather_binary_auc(weights, (~noisy).float())
-                # mean weight of the clean and of the planted-noise training users (exact sums)
-                sums = global_sum(torch.stack([weights[~noisy].sum(), (~noisy).sum(), weights[noisy].sum(), noisy.sum()]).double())
-                metrics["mean_weight_clean_users"] = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
-                metrics["mean_weight_noisy_users"] = float(sums[2] / sums[3]) if sums[3] > 0 else float("nan")
-                item_auc = self.planted_item_auc()
-                if item_auc is not None:
-                    metrics["noise_item_auc"] = item_auc
-            if cfg.log.user_weights:  # weights.parquet and a 'user_weights' record
-                record_user_weights(self.metrics_log, self.run_dir, self.step, users, weights, self.data.arrays.noise_users, cfg.log.weight_hist_bins)
-        self.metrics_log.write("test", step=self.step, **metrics)
-        return metrics
-
-    @torch.no_grad()
-    def recompute_population_statistics(self) -> int:
-        """Set the recommender's batch-normalisation statistics (Dice) to their exact values
-        over the last ``eval.population_stats_batches`` training batches (a collective when
-        several processes train: every rank reads the same steps); returns the batches used.
-
-        The batches are rebuilt from the schedule (a pure function of the config, the seed and
-        the step), so an uninterrupted and a resumed run evaluate with the same statistics, and
-        the forwards run in a forked generator so that no later random draw changes. Each
-        forward draws the dropout masks of its training step (the same keys as in training).
-        """
-        wanted = self.cfg.eval.population_stats_batches
-        recommender = self.model.module.recommender
-        if wanted == 0 or not dice_layers(recommender):
-            return 0
-        plans = collections.deque((p for p in self.schedule.steps() if p.step < self.step and p.stage != RECOGNIZER_ONLY), maxlen=wanted)
-        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), population_statistics(recommender):
-            for plan in plans:
-                batch = SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(self.ctx.device)
-                with dropout_step(self.cfg.seed, plan.step), dropout_rows(batch.row_ids):
-                    recommender(batch)
-        return len(plans)
-
-    @torch.no_grad()
-    def score_training_users(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every training user's sequence weight, P(clean), from the recogniser that did not
-        train on it (the one of the user's own part), on its clean last training window.
-
-        Returns this rank's (users, weights); together the ranks cover every training user once.
-        """
-        users_out, weights_out = [], []
-        for recognizer, batch, keep in self._training_windows():
-            users_out.append(batch.user[keep])
-            weights_out.append(torch.sigmoid(recognizer(batch).float())[keep])
-        if not users_out:
-            empty = torch.empty(0, device=self.ctx.device)
-            return empty.long(), empty
-        return torch.cat(users_out), torch.cat(weights_out)
-
-    def planted_item_auc(self) -> Optional[float]:
-        """AUC of the item-level recogniser's P(noisy) against the planted items over every
-        history item of the training users' last windows (None without item-level scores)."""
-        scored = self.score_training_items()
-        if scored is None or self.data.arrays.planted is None:
-            return None
-        users, lengths, noise = scored
-        u = users.cpu().numpy()
-        _, planted = self.data.planted_in_windows(u, self.data.last_train_pos[u], lengths.cpu().numpy())
-        mask = torch.arange(noise.shape[1], device=noise.device)[None, :] < lengths[:, None]
-        return gather_binary_auc(noise[mask], torch.from_numpy(planted).to(noise.device)[mask].float())
-
-    @torch.no_grad()
-    def score_training_items(self) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The item-level recogniser's P(noisy) of every history item of every training user's
-        clean last window (the windows of ``score_training_users``), from the recogniser of the
-        user's own part. Returns this rank's (users [n], lengths [n], item_noise [n, L]: oldest
-        item first, 0 at padding), or None when the recognisers are not item-level."""
-        module = self.model.module
-        if not len(module.recognizers) or not module.recognizers[0].item_level:
-            return None
-        users_out, lengths_out, noise_out = [], [], []
-        for recognizer, batch, keep in self._training_windows():
-            items = recognizer.forward_items(batch)[1]
-            users_out.append(batch.user[keep])
-            lengths_out.append(batch.lengths[keep])
-            noise_out.append((torch.sigmoid(-items.float()) * batch.mask)[keep])
-        return torch.cat(users_out), torch.cat(lengths_out), torch.cat(noise_out)
-
-    def _training_windows(self):
-        """(recogniser, batch, mask of real rows) over every training user's clean last training
-        window, batch by batch, with the recogniser of the user's own part (in eval mode)."""
-        module = self.model.module
-        module.eval()
-        try:
-            for part, recognizer in zip(self.schedule.parts, module.recognizers):
-                positions = self.data.last_train_pos[part]
-                for start, size in self.data.user_batches(part, self.cfg.eval.batch_users):
-                    rows, valid = self.data.user_windows(part, positions, start, size)
-                    yield recognizer, SequenceBatch.from_arrays(rows).to(self.ctx.device), torch.from_numpy(valid).to(self.ctx.device)
-        finally:
-            module.train()
-
     # -- outputs ------------------------------------------------------------------------------
 
     def save_weights(self) -> Path:
@@ -481,7 +165,6 @@ class Trainer:
     def _init_checkpoints(self) -> None:
         """Set up checkpoints and fault watching, and resume when asked to (--resume) or when
         torchrun restarted the workers: from the run directory's newest undamaged checkpoint."""
-        from .models.s3rec import dataset_fingerprint
 
         self.hooks = FaultHooks.from_env()
         self.loss_monitor = LossMonitor(self.ctx.device)
@@ -606,3 +289,6 @@ def run_training(cfg: Config, ctx: Optional[DistContext] = None, inspect=None) -
     finally:
         trainer.close()
     return trainer, metrics
+
+
+__all__ = ["NonFiniteLossError", "Trainer", "method_name", "resolve_data_path", "run_training"]

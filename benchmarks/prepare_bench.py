@@ -178,13 +178,12 @@ def pandas_prepare(ratings: Path, movies: Path, min_user: int, write_to: Path | 
 
         import pyarrow as pa
 
-        from atjt_dist.data.layout import write_dataset
+        from atjt_dist.data.layout import DatasetContent, write_dataset
 
         profile = cProfile.Profile()
         t = time.perf_counter()
         profile.enable()
-        write_dataset(
-            write_to,
+        content = DatasetContent(
             seq_items=(item_codes + 1).astype(np.int32),
             seq_offsets=offsets.astype(np.int64),
             seq_times=df["timestamp"].to_numpy(),
@@ -194,6 +193,7 @@ def pandas_prepare(ratings: Path, movies: Path, min_user: int, write_to: Path | 
             category_names=pa.array(list(cat_names), pa.string()),
             meta={"format": "pandas reference"},
         )
+        write_dataset(write_to, content)
         profile.disable()
         timings["write_dataset"] = time.perf_counter() - t
         stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}

@@ -35,7 +35,7 @@ def shared_file(*parts: str) -> Path:
 def write_tiny_dataset(path: Path, users: int = 600, items: int = 120, clusters: int = 6, seed: int = 0) -> Path:
     """A small dataset with learnable structure: each user draws from one item cluster, and
     within a cluster the next item tends to follow the previous one."""
-    from atjt_dist.data.layout import write_dataset
+    from atjt_dist.data.layout import DatasetContent, write_dataset
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(6, 25, users)
@@ -50,14 +50,16 @@ def write_tiny_dataset(path: Path, users: int = 600, items: int = 120, clusters:
     category = np.concatenate([[0], item_cluster + 1]).astype(np.int32)
     return write_dataset(
         path,
-        seq_items=seq,
-        seq_offsets=offsets,
-        seq_times=np.arange(offsets[-1], dtype=np.int64),
-        raw_users=pa.array([f"u{u}" for u in range(users)]),
-        raw_items=pa.array([f"i{i}" for i in range(1, items + 1)]),
-        item_category=category,
-        category_names=pa.array([f"c{c}" for c in range(1, clusters + 1)]),
-        meta={"format": "test"},
+        DatasetContent(
+            seq_items=seq,
+            seq_offsets=offsets,
+            seq_times=np.arange(offsets[-1], dtype=np.int64),
+            raw_users=pa.array([f"u{u}" for u in range(users)]),
+            raw_items=pa.array([f"i{i}" for i in range(1, items + 1)]),
+            item_category=category,
+            category_names=pa.array([f"c{c}" for c in range(1, clusters + 1)]),
+            meta={"format": "test"},
+        ),
         num_candidates=32,
     )
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from atjt_dist.config import build_config
 from atjt_dist.models.batch import SequenceBatch
-from atjt_dist.objective import compute_losses, objective_name, tce_drop_rate, tce_keep_mask
+from atjt_dist.objective import StepOutput, compute_losses, objective_name, tce_drop_rate, tce_keep_mask
 
 
 def _rec(rows=8, seed=0):
@@ -38,7 +38,7 @@ def test_objective_names_resolve():
 def test_baseline_is_the_mean_bce():
     rec, x = _rec()
     x.requires_grad_()
-    losses = compute_losses({"rec_logits": x}, rec, None, build_config(["--atjt.enabled=false"]), "recommender", 0)
+    losses = compute_losses(StepOutput(rec_logits=x), rec, None, build_config(["--atjt.enabled=false"]), "recommender", 0)
     expected = F.binary_cross_entropy_with_logits(x, rec.label)
     assert torch.allclose(losses.backward, expected)
     assert torch.allclose(losses.stats["loss"], expected.detach())
@@ -49,7 +49,7 @@ def test_atjt_weights_are_shared_by_a_positive_and_its_negative():
     w_logits = torch.randn(4, requires_grad=True)
     x.requires_grad_()
     cfg = build_config([])
-    losses = compute_losses({"rec_logits": x, "weight_logits": w_logits}, rec, None, cfg, "joint", 0)
+    losses = compute_losses(StepOutput(rec_logits=x, weight_logits=w_logits), rec, None, cfg, "joint", 0)
     w = torch.sigmoid(w_logits)
     rows_w = torch.cat([w, w])
     l = F.binary_cross_entropy_with_logits(x, rec.label, reduction="none")
@@ -61,7 +61,7 @@ def test_atjt_weights_are_shared_by_a_positive_and_its_negative():
 def test_atjt_detach_stops_the_gradient_to_the_weights():
     rec, x = _rec()
     w_logits = torch.randn(4, requires_grad=True)
-    losses = compute_losses({"rec_logits": x.requires_grad_(), "weight_logits": w_logits}, rec, None, build_config(["--atjt.detach"]), "joint", 0)
+    losses = compute_losses(StepOutput(rec_logits=x.requires_grad_(), weight_logits=w_logits), rec, None, build_config(["--atjt.detach"]), "joint", 0)
     losses.backward.backward()
     assert w_logits.grad is None or torch.all(w_logits.grad == 0)
 
@@ -71,7 +71,7 @@ def test_atjt_adds_lambda_times_the_recognizer_loss():
     aux, _ = _rec(rows=6, seed=1)
     aux_logits = torch.randn(6)
     cfg = build_config(["--atjt.aux_weight=3"])
-    out = {"rec_logits": x, "weight_logits": torch.zeros(4), "aux_logits": aux_logits}
+    out = StepOutput(rec_logits=x, weight_logits=torch.zeros(4), aux_logits=aux_logits)
     losses = compute_losses(out, rec, aux, cfg, "joint", 0)
     l_r = F.binary_cross_entropy_with_logits(x, rec.label)  # w = 0.5 everywhere = plain mean
     l_d = F.binary_cross_entropy_with_logits(aux_logits, aux.label)
@@ -98,7 +98,7 @@ def test_tce_drops_the_positives_with_the_largest_loss():
 def test_tce_loss_is_the_mean_over_kept_rows():
     rec, x = _rec()
     cfg = build_config(["--objective.name=tce", "--objective.tce_ramp_steps=10", "--objective.tce_max_drop=0.25"])
-    losses = compute_losses({"rec_logits": x}, rec, None, cfg, "recommender", step=10)
+    losses = compute_losses(StepOutput(rec_logits=x), rec, None, cfg, "recommender", step=10)
     keep = tce_keep_mask(x, rec.label, 0.25)
     assert (~keep).sum() == 2
     assert torch.allclose(losses.backward, F.binary_cross_entropy_with_logits(x[keep], rec.label[keep]))
@@ -108,7 +108,7 @@ def test_rce_is_the_authors_weighted_mean_with_detached_weights():
     rec, x = _rec()
     x.requires_grad_()
     cfg = build_config(["--objective.name=rce", "--objective.rce_beta=0.25"])
-    losses = compute_losses({"rec_logits": x}, rec, None, cfg, "recommender", 0)
+    losses = compute_losses(StepOutput(rec_logits=x), rec, None, cfg, "recommender", 0)
     x2 = x.detach().clone().requires_grad_()
     p = torch.sigmoid(x2).detach()
     w = torch.where(rec.label > 0.5, p, 1 - p).pow(0.25)

@@ -81,7 +81,7 @@ def _popular_last_item_dataset(path: Path, users: int = 600, items: int = 120, c
     """Like conftest's tiny dataset, but every user's last item is item 1, which appears nowhere
     else: item 1 is by far the most popular item among the training users and every test
     positive, so the popularity ranker is perfect (AUC 1) and no untrained model can match it."""
-    from atjt_dist.data.layout import write_dataset
+    from atjt_dist.data.layout import DatasetContent, write_dataset
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(6, 25, users)
@@ -98,14 +98,16 @@ def _popular_last_item_dataset(path: Path, users: int = 600, items: int = 120, c
     category = np.concatenate([[0], item_cluster + 1]).astype(np.int32)
     return write_dataset(
         path,
-        seq_items=seq,
-        seq_offsets=offsets,
-        seq_times=np.arange(offsets[-1], dtype=np.int64),
-        raw_users=pa.array([f"u{u}" for u in range(users)]),
-        raw_items=pa.array([f"i{i}" for i in range(1, items + 1)]),
-        item_category=category,
-        category_names=pa.array([f"c{c}" for c in range(1, clusters + 1)]),
-        meta={"format": "test"},
+        DatasetContent(
+            seq_items=seq,
+            seq_offsets=offsets,
+            seq_times=np.arange(offsets[-1], dtype=np.int64),
+            raw_users=pa.array([f"u{u}" for u in range(users)]),
+            raw_items=pa.array([f"i{i}" for i in range(1, items + 1)]),
+            item_category=category,
+            category_names=pa.array([f"c{c}" for c in range(1, clusters + 1)]),
+            meta={"format": "test"},
+        ),
         num_candidates=32,
     )
 

@@ -555,7 +555,7 @@ def test_dataset_directory_is_readable_by_others_and_revisits_count_once(tmp_pat
     import numpy as np
     import pyarrow as pa
 
-    from atjt_dist.data.layout import write_dataset
+    from atjt_dist.data.layout import DatasetContent, write_dataset
 
     # one user revisits 2 items 40 times: 80 interactions but only 2 distinct items of 10
     seq = np.array([1, 2] * 40 + [3, 4, 5], dtype=np.int32)
@@ -564,14 +564,16 @@ def test_dataset_directory_is_readable_by_others_and_revisits_count_once(tmp_pat
     try:
         out = write_dataset(
             tmp_path / "ds",
-            seq_items=seq,
-            seq_offsets=offsets,
-            seq_times=np.arange(83),
-            raw_users=pa.array(["a", "b"]),
-            raw_items=pa.array([str(i) for i in range(1, 11)]),
-            item_category=np.zeros(11, dtype=np.int32),
-            category_names=pa.array([], type=pa.string()),
-            meta={"format": "test"},
+            DatasetContent(
+                seq_items=seq,
+                seq_offsets=offsets,
+                seq_times=np.arange(83),
+                raw_users=pa.array(["a", "b"]),
+                raw_items=pa.array([str(i) for i in range(1, 11)]),
+                item_category=np.zeros(11, dtype=np.int32),
+                category_names=pa.array([], type=pa.string()),
+                meta={"format": "test"},
+            ),
             num_candidates=8,
         )
     finally:

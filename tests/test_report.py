@@ -19,6 +19,7 @@ import torch
 from runs import SHORT_RUN
 
 from atjt_dist import runlog
+from atjt_dist.objective import StepOutput
 from atjt_dist.runlog import Histogram, MetricsWriter, WeightHistograms
 
 SMALL = SHORT_RUN
@@ -56,7 +57,7 @@ def noisy_dataset(tmp_path_factory) -> Path:
 def runs(noisy_dataset, tmp_path_factory):
     """A compare directory (base and ATJT, seed 1, TensorBoard on) and a second ATJT run (seed
     2, TensorBoard off): three short trainings in this process (12 steps each)."""
-    from atjt_dist import compare
+    from atjt_dist.commands import compare
 
     root = tmp_path_factory.mktemp("runs")
     common = [f"--data.path={noisy_dataset}", *SMALL]
@@ -270,7 +271,7 @@ def test_weight_histograms_count_the_last_epoch_by_label():
         aux_logits, w_logits = torch.randn(16, generator=g), torch.randn(6, generator=g)
         labels = (torch.arange(16) % 2).float()  # 1 = clean
         users = torch.tensor([0, 1, 2, 3, 1, 0, 9, 9, 9, 9, 9, 9])  # positives first, then negatives
-        out = {"aux_logits": aux_logits, "weight_logits": w_logits}
+        out = StepOutput(aux_logits=aux_logits, weight_logits=w_logits)
         h.observe(epoch, out, SimpleNamespace(user=users), SimpleNamespace(label=labels))
         if epoch == 1:  # only the last epoch counts
             seen_aux.append((torch.sigmoid(aux_logits), labels))
@@ -292,7 +293,7 @@ def test_weight_histograms_count_the_last_epoch_by_label():
     h2 = WeightHistograms(bins, epochs=1, device=torch.device("cpu"))
     h2.observe(
         0,
-        {"aux_logits": torch.zeros(4), "weight_logits": torch.zeros(2)},
+        StepOutput(aux_logits=torch.zeros(4), weight_logits=torch.zeros(2)),
         SimpleNamespace(user=torch.zeros(4, dtype=torch.long)),
         SimpleNamespace(label=torch.ones(4)),
     )
@@ -372,12 +373,12 @@ def test_window_means_count_only_the_steps_that_computed_each_loss():
     import torch
 
     from atjt_dist.objective import Losses
-    from atjt_dist.trainer import _WindowStats
+    from atjt_dist.trainer_loop import WindowStats
 
-    window = _WindowStats(torch.device("cpu"))
+    window = WindowStats(torch.device("cpu"))
     for _ in range(3):
-        window.add(Losses(backward=torch.tensor(0.0), stats={"loss": torch.tensor(1.0), "loss_rec": torch.tensor(0.4)}), {}, None, 10)
-    window.add(Losses(backward=torch.tensor(0.0), stats={"loss": torch.tensor(2.0), "loss_aux": torch.tensor(0.7)}), {}, None, 0)
+        window.add(Losses(backward=torch.tensor(0.0), stats={"loss": torch.tensor(1.0), "loss_rec": torch.tensor(0.4)}), StepOutput(), None, 10)
+    window.add(Losses(backward=torch.tensor(0.0), stats={"loss": torch.tensor(2.0), "loss_aux": torch.tensor(0.7)}), StepOutput(), None, 0)
     record = window.summary()
     assert record["loss_rec"] == pytest.approx(0.4) and record["loss_aux"] == pytest.approx(0.7)
     assert record["loss"] == pytest.approx(1.25)

@@ -39,7 +39,7 @@ def atjt_run(tiny_dataset, tmp_path_factory):
 
 @pytest.mark.slow
 def test_score_writes_the_recognisers_weights_with_raw_ids(atjt_run, tiny_dataset, tmp_path):
-    from atjt_dist import score
+    from atjt_dist.commands import score
 
     run, reference = atjt_run
     out = tmp_path / "scores.parquet"
@@ -72,7 +72,7 @@ def test_score_writes_the_recognisers_weights_with_raw_ids(atjt_run, tiny_datase
 
 @pytest.mark.slow
 def test_score_refuses_baselines_missing_runs_and_other_datasets(atjt_run, tiny_dataset, tmp_path, capsys):
-    from atjt_dist import score
+    from atjt_dist.commands import score
 
     out = tmp_path / "s.parquet"
     base = tmp_path / "base"
@@ -95,7 +95,7 @@ def test_score_refuses_baselines_missing_runs_and_other_datasets(atjt_run, tiny_
 
 @pytest.mark.slow
 def test_audit_plants_noise_in_training_users_only_and_reports_aucs(tiny_dataset, tmp_path):
-    from atjt_dist import audit
+    from atjt_dist.commands import audit
     from atjt_dist.data.layout import open_arrays
 
     root = tmp_path / "audit"
@@ -151,7 +151,7 @@ def test_audit_plants_noise_in_training_users_only_and_reports_aucs(tiny_dataset
 def test_audit_with_inserted_noise_grows_training_users_only(tiny_dataset, tmp_path):
     """--noise-kind insert: the noisy copy's training users get extra items (their times copied
     from a neighbour), the test users and candidates stay the source's; one short base run."""
-    from atjt_dist import audit
+    from atjt_dist.commands import audit
     from atjt_dist.data.layout import open_arrays
 
     root = tmp_path / "audit"
@@ -214,7 +214,7 @@ def _grid(tmp_path: Path, dataset: Path) -> Path:
 
 @pytest.mark.slow
 def test_reproduce_runs_the_grid_then_skips_finished_cells(tiny_dataset, tmp_path, capsys):
-    from atjt_dist import reproduce
+    from atjt_dist.commands import reproduce
 
     grid = _grid(tmp_path, tiny_dataset)
     root = tmp_path / "grid-runs"
@@ -278,7 +278,7 @@ def test_popularity_ranker_counts_training_users_only(tiny_dataset):
 
 
 def test_reproduce_refuses_unknown_cells_before_running(tiny_dataset, tmp_path, capsys):
-    from atjt_dist import reproduce
+    from atjt_dist.commands import reproduce
 
     grid = _grid(tmp_path, tiny_dataset)
     argv = ["--datasets", "tiny", "--models", "din,sasrec", "--grid-dir", str(grid), "--data-root", str(tiny_dataset.parent), "--run-dir", str(tmp_path / "r")]

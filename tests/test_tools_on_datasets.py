@@ -47,7 +47,7 @@ def dataset(request, tmp_path_factory) -> tuple[str, Path]:
 @pytest.fixture(scope="module")
 def grid_runs(dataset, tmp_path_factory) -> tuple[str, Path, Path]:
     """reproduce over din x {base, atjt} on the dataset; returns (name, data path, run root)."""
-    from atjt_dist import reproduce
+    from atjt_dist.commands import reproduce
 
     name, path = dataset
     tmp = tmp_path_factory.mktemp("grid")
@@ -102,7 +102,7 @@ def test_reproduce_writes_the_table_with_the_popularity_row(grid_runs):
 
 @pytest.mark.slow
 def test_score_lists_every_training_user_with_raw_ids(grid_runs, tmp_path):
-    from atjt_dist import score
+    from atjt_dist.commands import score
     from atjt_dist.data.layout import open_arrays
 
     name, path, root = grid_runs
@@ -121,7 +121,7 @@ def test_score_lists_every_training_user_with_raw_ids(grid_runs, tmp_path):
 
 @pytest.mark.slow
 def test_report_plots_the_grids_runs(grid_runs, tmp_path):
-    from atjt_dist import report
+    from atjt_dist.commands import report
 
     name, _, root = grid_runs
     runs = [root / name / "din" / f"{m}-seed42" for m in ("base", "atjt")]
@@ -137,7 +137,7 @@ def test_report_plots_the_grids_runs(grid_runs, tmp_path):
 
 @pytest.mark.slow
 def test_audit_on_ml100k(tmp_path_factory):
-    from atjt_dist import audit
+    from atjt_dist.commands import audit
 
     root = tmp_path_factory.mktemp("audit")
     path = _prepare_ml100k(root)

@@ -10,7 +10,7 @@ Here ``--seed`` is the noise seed; the training seeds are ``--seeds`` (default: 
 
 1. The noisy copy. Of the *training* users of the split (data.split must be kfold: users outside
    data.fold), ``round(user_share * E)`` eligible ones get ``max(1, round(item_share * (n - 1)))``
-   history items replaced (``atjt_dist.data.synthetic.plant_noise``, the synthetic generator's
+   history items replaced (``atjt_dist.data.noise.plant_into_dataset``, the synthetic generator's
    kinds: random items, popular items, or a burst of another user's items), or with ``insert``
    that many random items inserted (the sequence grows; an inserted interaction takes its
    neighbour's time); the last item is kept, and nothing is inserted after it, unless
@@ -53,6 +53,7 @@ import math
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,8 @@ import torch.nn.functional as F
 from ..cli import run_cli
 from ..collectives import global_sum
 from ..config import Config, ConfigError, build_config
-from ..data.layout import DatasetError, open_arrays, read_meta, write_dataset
-from ..data.synthetic import NOISE_KINDS, plant_noise
+from ..data.layout import DatasetError, read_meta
+from ..data.noise import plant_into_dataset
 from ..metrics import binary_auc
 from ..runlog import choose_run_dir, setup_logging, write_json
 from .compare import METHODS, _mean_std, _pop_list
@@ -80,128 +81,6 @@ OWN_SCORE = {"atjt": "recogniser weight", "tce": "-mean loss", "rce": "mean R-CE
 # ---------------------------------------------------------------------------------------------
 # The noisy copy
 # ---------------------------------------------------------------------------------------------
-
-
-def _raw_column(path: Path, table: str, id_col: str, raw_col: str) -> pa.Array:
-    t = pq.read_table(path / table, columns=[id_col, raw_col])
-    order = np.argsort(t.column(id_col).to_numpy(), kind="stable")
-    return t.column(raw_col).combine_chunks().take(pa.array(order))
-
-
-def plant_into_dataset(
-    source: str | Path,
-    output: str | Path,
-    *,
-    kind: str,
-    user_share: float,
-    item_share: float,
-    seed: int,
-    fold: int,
-    include_last: bool = False,
-    overwrite: bool = False,
-) -> dict:
-    """Write a copy of the dataset ``source`` with noise planted in its training users'
-    histories (users outside k-fold ``fold``) to ``output``; returns the noise summary (also
-    in the copy's meta.json under "noise").
-
-    Folds and test candidates are the source's (checked, and the candidates copied), and test
-    users' sequences are unchanged (checked).
-    """
-    source, output = Path(source), Path(output)
-    if kind not in NOISE_KINDS:
-        raise ConfigError(f"--noise-kind {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
-    for name, share in (("--user-share", user_share), ("--item-share", item_share)):
-        if not 0.0 <= share <= 1.0:
-            raise ConfigError(f"{name} must be in [0, 1], got {share}")
-    a = open_arrays(source)
-    meta = read_meta(source)
-    folds = int(meta["folds"])
-    if not 0 <= fold < folds:
-        raise ConfigError(f"data.fold={fold}: the dataset at {source} has folds 0..{folds - 1}")
-    fold_of = np.asarray(a.fold)
-    train = fold_of != fold
-    offsets = np.asarray(a.seq_offsets, dtype=np.int64)
-    items = np.asarray(a.seq_items, dtype=np.int32)
-    noisy = plant_noise(
-        items,
-        offsets,
-        a.num_items,
-        np.asarray(a.popularity),
-        user_share=user_share,
-        item_share=item_share,
-        kind=kind,
-        seed=seed,
-        eligible_users=train,
-        include_last=include_last,
-    )
-    truth = noisy.truth
-    test_rows = np.repeat(~train, np.diff(offsets))
-    noisy_test_rows = np.repeat(~train, np.diff(noisy.seq_offsets))
-    if not np.array_equal(noisy.seq_items[noisy_test_rows], items[test_rows]) or np.any(~train[truth["user"]]):
-        raise AssertionError("planted noise reached a test user")  # plant_noise's contract
-
-    times = pq.read_table(source / "interactions.parquet", columns=["time"]).column("time").to_numpy()[noisy.origin]
-    noisy_users = int(len(np.unique(truth["user"])))
-    summary = {
-        "kind": kind,
-        "user_share": user_share,
-        "item_share": item_share,
-        "seed": seed,
-        "fold": fold,
-        "include_last": include_last,
-        "eligible_users": int(train.sum()),
-        "noisy_users": noisy_users,
-        "planted_items": int(len(truth["user"])),
-        "test_users": "untouched (fold %d); folds and test candidates copied from the source" % fold,
-    }
-    cand = meta["candidates"]
-    new_meta = {
-        "format": "audit",
-        "source": str(source.resolve()),
-        "source_meta": {key: meta[key] for key in ("format", "sources", "options") if key in meta},
-        "noise": summary,
-    }
-    output = Path(output)
-    staging = output.with_name(f".{output.name}.staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    write_dataset(
-        staging,
-        seq_items=noisy.seq_items,
-        seq_offsets=noisy.seq_offsets,
-        seq_times=times,
-        raw_users=_raw_column(source, "users.parquet", "user", "raw_user"),
-        raw_items=_raw_column(source, "items.parquet", "item", "raw_item"),
-        item_category=np.asarray(a.item_category),
-        category_names=_raw_column(source, "categories.parquet", "category", "name"),
-        meta=new_meta,
-        folds=folds,
-        fold_seed=int(meta["fold_seed"]),
-        num_candidates=int(cand["count"]),
-        candidate_sampler=cand["sampler"],
-        candidate_seed=int(cand["seed"]),
-        popularity_exponent=float(cand["popularity_exponent"]),
-        noise=truth,
-    )
-    try:
-        written = np.load(staging / "arrays" / "fold.npy")
-        if not np.array_equal(written, fold_of):
-            raise DatasetError(f"{source}: its folds are not those of fold_seed {meta['fold_seed']}; prepare it again")
-        # The source's candidates: the test users' evaluation must not change with the noise.
-        shutil.copyfile(source / "candidates.parquet", staging / "candidates.parquet")
-        np.save(staging / "arrays" / "candidates.npy", np.ascontiguousarray(np.asarray(a.candidates)))
-        written_meta = json.loads((staging / "meta.json").read_text())
-        written_meta["candidates"]["copied_from"] = str(source.resolve())
-        (staging / "meta.json").write_text(json.dumps(written_meta, indent=2) + "\n")
-        if output.exists():
-            if not overwrite:
-                raise DatasetError(f"{output} exists; choose another run directory")
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return summary
 
 
 def ensure_noisy_copy(source: Path, output: Path, settings: dict, is_main: bool) -> dict:
@@ -417,11 +296,22 @@ def _pop_flag(argv: list[str], flag: str) -> bool:
     return False
 
 
-def _main(argv: list[str]) -> int:
-    from ..distributed import init_distributed, shutdown
+@dataclass
+class _AuditOptions:
+    """The audit's own options, taken out of argv before the rest is read as the config."""
 
-    argv = list(argv)
-    command = "python -m atjt_dist.audit " + " ".join(argv)
+    source: Path  #: --data: the prepared dataset to copy with noise
+    kind: str  #: --noise-kind
+    user_share: float  #: --user-share
+    item_share: float  #: --item-share
+    noise_seed: int  #: --noise-seed (or its older name --seed)
+    include_last: bool  #: --include-last
+    methods: list[str]  #: --methods
+    seeds: list[str]  #: --seeds (empty: the config's seed)
+
+
+def _pop_audit_options(argv: list[str]) -> _AuditOptions:
+    """Take the audit's own options out of ``argv`` (in place), with their defaults."""
     source = _pop_value(argv, "--data", None)
     if source is None:
         raise ConfigError("--data DIR (a prepared dataset directory) is required")
@@ -435,70 +325,94 @@ def _main(argv: list[str]) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
-    seeds_given = _pop_list(argv, "--seeds", [])
+    seeds = _pop_list(argv, "--seeds", [])
+    return _AuditOptions(Path(source), kind, user_share, item_share, noise_seed, include_last, methods, seeds)
+
+
+def _run_or_reuse(root: Path, base_cfg: Config, ctx, method: str, seed: int) -> dict:
+    """The audit.json record of one method x seed: read when the run finished before, else
+    trained now (in a fresh run directory)."""
+    run_dir = root / f"{method}-seed{seed}"
+    if (run_dir / "audit.json").is_file():
+        if ctx.is_main:
+            log.info("skip %s: finished (audit.json)", run_dir)
+        return json.loads((run_dir / "audit.json").read_text())
+    if ctx.is_main and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+    cfg = copy.deepcopy(base_cfg)
+    METHODS[method](cfg)
+    cfg.seed = seed
+    cfg.data.path = str(root / "data")
+    record = run_method(cfg, ctx, run_dir, method)
+    setup_logging(root, ctx.is_main)
+    if ctx.is_main:
+        log.info(
+            "%s: test auc %.4f, noise AUC %.4f (%s), loss AUC %.4f",
+            run_dir,
+            record["auc"],
+            record["audit"]["noise_auc"],
+            record["audit"]["score"],
+            record["audit"]["loss_auc"],
+        )
+    return record
+
+
+def _write_report(root: Path, source: Path, base_cfg: Config, noise: dict, results: dict[str, dict[int, dict]], command: str) -> None:
+    """RUN_DIR/audit.md (a header on the noise, then the table) and audit.json; prints the table."""
+    table, data = summarise(results, base_cfg.eval.k)
+    src_meta = read_meta(source)
+    header = (
+        f"# Planted-noise audit: {source} ({src_meta['num_users']} users, {src_meta['num_items']} items), "
+        f"model {base_cfg.model.name}\n\n"
+        f"Noise: {noise['kind']} items in {noise['noisy_users']} of {noise['eligible_users']} training users "
+        f"(user share {noise['user_share']}, item share {noise['item_share']}, seed {noise['seed']}, "
+        f"{noise['planted_items']} items); test users (fold {noise['fold']}) untouched. "
+        f"Test metrics on the untouched test users; noise AUC = AUC of the method's own per-user score "
+        f"(higher = clean) against the ground truth; loss AUC = the same with minus the user's mean "
+        f"training loss under the method's final model.\n\n    {command}\n\n"
+    )
+    (root / "audit.md").write_text(header + table)
+    write_json(
+        root / "audit.json",
+        {"command": command, "noise": noise, "summary": data, "runs": {m: {str(s): r for s, r in v.items()} for m, v in results.items()}},
+    )
+    print(table)
+    print(f"written: {root / 'audit.md'}")
+
+
+def _main(argv: list[str]) -> int:
+    from ..distributed import init_distributed, shutdown
+
+    argv = list(argv)
+    command = "python -m atjt_dist.audit " + " ".join(argv)
+    opts = _pop_audit_options(argv)
     base_cfg: Config = build_config(argv)
-    seeds = [int(s) for s in seeds_given] or [base_cfg.seed]
+    seeds = [int(s) for s in opts.seeds] or [base_cfg.seed]
     if base_cfg.data.split != "kfold":
         raise ConfigError("the audit needs data.split=kfold: with leave-one-out every user is a test user, so noise would reach the test data")
-    source = Path(source)
-    read_meta(source)  # a clear error for a directory that is not a dataset
+    read_meta(opts.source)  # a clear error for a directory that is not a dataset
 
     ctx = init_distributed(base_cfg.dist)
     root = choose_run_dir(base_cfg.run_dir, base_cfg.model.name, "audit")
     setup_logging(root, ctx.is_main)
-    settings = dict(kind=kind, user_share=user_share, item_share=item_share, seed=noise_seed, fold=base_cfg.data.fold, include_last=include_last)
-    results: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    settings = dict(
+        kind=opts.kind,
+        user_share=opts.user_share,
+        item_share=opts.item_share,
+        seed=opts.noise_seed,
+        fold=base_cfg.data.fold,
+        include_last=opts.include_last,
+    )
+    results: dict[str, dict[int, dict]] = {m: {} for m in opts.methods}
     try:
-        noise = ensure_noisy_copy(source, root / "data", settings, ctx.is_main)
+        noise = ensure_noisy_copy(opts.source, root / "data", settings, ctx.is_main)
         for seed in seeds:
-            for method in methods:
-                run_dir = root / f"{method}-seed{seed}"
-                if (run_dir / "audit.json").is_file():
-                    if ctx.is_main:
-                        log.info("skip %s: finished (audit.json)", run_dir)
-                    results[method][seed] = json.loads((run_dir / "audit.json").read_text())
-                    continue
-                if ctx.is_main and run_dir.exists():
-                    shutil.rmtree(run_dir)
-                if dist.is_initialized() and dist.get_world_size() > 1:
-                    dist.barrier()
-                cfg = copy.deepcopy(base_cfg)
-                METHODS[method](cfg)
-                cfg.seed = seed
-                cfg.data.path = str(root / "data")
-                record = run_method(cfg, ctx, run_dir, method)
-                setup_logging(root, ctx.is_main)
-                results[method][seed] = record
-                if ctx.is_main:
-                    log.info(
-                        "%s: test auc %.4f, noise AUC %.4f (%s), loss AUC %.4f",
-                        run_dir,
-                        record["auc"],
-                        record["audit"]["noise_auc"],
-                        record["audit"]["score"],
-                        record["audit"]["loss_auc"],
-                    )
+            for method in opts.methods:
+                results[method][seed] = _run_or_reuse(root, base_cfg, ctx, method, seed)
         if ctx.is_main:
-            k = base_cfg.eval.k
-            table, data = summarise(results, k)
-            src_meta = read_meta(source)
-            header = (
-                f"# Planted-noise audit: {source} ({src_meta['num_users']} users, {src_meta['num_items']} items), "
-                f"model {base_cfg.model.name}\n\n"
-                f"Noise: {noise['kind']} items in {noise['noisy_users']} of {noise['eligible_users']} training users "
-                f"(user share {noise['user_share']}, item share {noise['item_share']}, seed {noise['seed']}, "
-                f"{noise['planted_items']} items); test users (fold {noise['fold']}) untouched. "
-                f"Test metrics on the untouched test users; noise AUC = AUC of the method's own per-user score "
-                f"(higher = clean) against the ground truth; loss AUC = the same with minus the user's mean "
-                f"training loss under the method's final model.\n\n    {command}\n\n"
-            )
-            (root / "audit.md").write_text(header + table)
-            write_json(
-                root / "audit.json",
-                {"command": command, "noise": noise, "summary": data, "runs": {m: {str(s): r for s, r in v.items()} for m, v in results.items()}},
-            )
-            print(table)
-            print(f"written: {root / 'audit.md'}")
+            _write_report(root, opts.source, base_cfg, noise, results, command)
     finally:
         shutdown(ctx)
     return 0

@@ -278,33 +278,7 @@ def pretrain(cfg: Config) -> Path:
     try:
         for epoch in range(s.pretrain_epochs):
             started = time.perf_counter()
-            sums = torch.zeros(len(LOSSES) + 1, dtype=torch.float64, device=device)
-            order = torch.randperm(len(samples), generator=g)
-            seen = 0
-            for step, rows in enumerate(order.split(s.pretrain_batch_size), 1):
-                batch = samples.batch(rows, g, module.model.mask_id, s.mask_prob).to(device)
-                losses = module(batch)
-                total = weighted_total(losses, cfg)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                sums += torch.stack([total.detach(), *(losses[k].detach() for k in LOSSES)]).double() * len(rows)
-                seen += len(rows)
-                if bar is not None:
-                    bar.update(1)
-                if step % cfg.train.log_every == 0 and step < steps:
-                    line = (
-                        f"pretrain epoch {epoch + 1}/{s.pretrain_epochs} step {step}/{steps} | loss so far "
-                        f"{sums[0].item() / seen:.4f} | {seen / (time.perf_counter() - started):.0f} sequences/s"
-                    )
-                    if bar is not None:
-                        bar.write(line)
-                    else:
-                        log.info("%s", line)
-            means = (sums / len(samples)).tolist()  # one host sync per epoch
-            record = dict(zip(("loss", *LOSSES), means))
-            if not all(math.isfinite(v) for v in means):
-                raise NonFiniteLossError(f"S3Rec pre-training: non-finite loss in epoch {epoch + 1}: {record}; lower model.s3rec.pretrain_lr")
+            record = _pretrain_epoch(module, optimizer, samples, cfg, epoch, g, bar)
             elapsed = time.perf_counter() - started
             writer.write("pretrain", epoch=epoch + 1, step=(epoch + 1) * steps, sequences_per_s=len(samples) / elapsed, **record)
             log.info(
@@ -327,6 +301,43 @@ def pretrain(cfg: Config) -> Path:
     save_checkpoint(module, meta, path)
     log.info("S3Rec pre-training checkpoint: %s", path)
     return path
+
+
+def _pretrain_epoch(module: S3RecPretraining, optimizer, samples: PretrainSamples, cfg: Config, epoch: int, g: torch.Generator, bar) -> dict:
+    """One pass over the pre-training sequences in a random order; returns the epoch's mean
+    losses ("loss" and one per objective), checked finite."""
+    s = cfg.model.s3rec
+    device = next(module.parameters()).device
+    steps = math.ceil(len(samples) / s.pretrain_batch_size)
+    started = time.perf_counter()
+    sums = torch.zeros(len(LOSSES) + 1, dtype=torch.float64, device=device)
+    order = torch.randperm(len(samples), generator=g)
+    seen = 0
+    for step, rows in enumerate(order.split(s.pretrain_batch_size), 1):
+        batch = samples.batch(rows, g, module.model.mask_id, s.mask_prob).to(device)
+        losses = module(batch)
+        total = weighted_total(losses, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        sums += torch.stack([total.detach(), *(losses[k].detach() for k in LOSSES)]).double() * len(rows)
+        seen += len(rows)
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.train.log_every == 0 and step < steps:
+            line = (
+                f"pretrain epoch {epoch + 1}/{s.pretrain_epochs} step {step}/{steps} | loss so far "
+                f"{sums[0].item() / seen:.4f} | {seen / (time.perf_counter() - started):.0f} sequences/s"
+            )
+            if bar is not None:
+                bar.write(line)
+            else:
+                log.info("%s", line)
+    means = (sums / len(samples)).tolist()  # one host sync per epoch
+    record = dict(zip(("loss", *LOSSES), means))
+    if not all(math.isfinite(v) for v in means):
+        raise NonFiniteLossError(f"S3Rec pre-training: non-finite loss in epoch {epoch + 1}: {record}; lower model.s3rec.pretrain_lr")
+    return record
 
 
 def save_checkpoint(module: S3RecPretraining, meta: dict, path: Path) -> None:

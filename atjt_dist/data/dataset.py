@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numba
 import numpy as np
@@ -43,6 +43,9 @@ from .sampling import (
     sample_negatives,
     user_item_sets,
 )
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,23 @@ class TrainingData:
 
     Parameters mirror DataConfig; ``rank``/``world`` choose this process's rows.
     """
+
+    @classmethod
+    def from_config(cls, path: str | Path, cfg: Config, rank: int = 0, world: int = 1) -> TrainingData:
+        """The data of a run of ``cfg`` (its data section and seed) from the prepared dataset at ``path``."""
+        d = cfg.data
+        return cls(
+            path,
+            split=d.split,
+            fold=d.fold,
+            history_length=d.history_length,
+            mode=d.mode,
+            negative_sampler=d.negative_sampler,
+            popularity_exponent=d.popularity_exponent,
+            seed=cfg.seed,
+            rank=rank,
+            world=world,
+        )
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DatasetError  # noqa: F401 - raised here, and imported from here by callers
+from ..files import replace_directory
 
 SCHEMA_VERSION = 1
 PADDING_ITEM = 0
@@ -96,15 +97,6 @@ class DatasetArrays:
 # ---------------------------------------------------------------------------------------------
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:
-    """The hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def assign_folds(num_users: int, folds: int, seed: int) -> np.ndarray:
     """The paper's user k-fold: a seeded permutation of users cut into `folds` near-equal parts."""
     from .sampling import permutation
@@ -126,45 +118,110 @@ def prepare_output_dir(output: str | Path, overwrite: bool) -> Path:
     return output
 
 
+@dataclass
+class DatasetContent:
+    """What a dataset directory is written from (:func:`write_dataset` derives the rest: popularity,
+    folds, test candidates, counts). Ids are already dense and the sequences sorted."""
+
+    seq_items: np.ndarray
+    """Items 1..num_items in CSR order: user u's, in time order, are ``seq_items[seq_offsets[u]:seq_offsets[u+1]]``."""
+    seq_offsets: np.ndarray
+    """num_users + 1 offsets into ``seq_items``."""
+    seq_times: np.ndarray
+    """The time of each interaction, aligned with ``seq_items`` (stored as int64)."""
+    raw_users: pa.Array
+    """``raw_users[u]`` is user u's raw id (stored as a string)."""
+    raw_items: pa.Array
+    """``raw_items[i - 1]`` is item i's raw id; its length is num_items."""
+    item_category: np.ndarray
+    """num_items + 1 entries: ``item_category[i]`` is item i's category (0 = none); entry 0 is padding."""
+    category_names: pa.Array
+    """``category_names[c - 1]`` is category c's name; its length is num_categories."""
+    meta: dict
+    """The caller's part of meta.json (format, sources, options, dropped counts)."""
+    noise: Optional[dict[str, np.ndarray]] = None
+    """Planted-noise ground truth, the columns of noise.parquet (user, position, original_item,
+    planted_item); None for a dataset without planted noise."""
+
+
 def write_dataset(
     output: str | Path,
+    content: DatasetContent,
     *,
-    seq_items: np.ndarray,
-    seq_offsets: np.ndarray,
-    seq_times: np.ndarray,
-    raw_users: pa.Array,
-    raw_items: pa.Array,
-    item_category: np.ndarray,
-    category_names: pa.Array,
-    meta: dict,
     folds: int = 5,
     fold_seed: int = 0,
     num_candidates: int = 64,
     candidate_sampler: str = "popularity",
     candidate_seed: int = 0,
     popularity_exponent: float = 0.75,
-    noise: Optional[dict[str, np.ndarray]] = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a complete dataset directory atomically and return its path.
 
-    Inputs are already dense and sorted: user u's items (1..num_items, in time order) are
-    ``seq_items[seq_offsets[u]:seq_offsets[u+1]]`` with times ``seq_times``; ``raw_users[u]``
-    and ``raw_items[i-1]`` are the raw ids; ``item_category[i]`` (length num_items + 1, entry 0
-    unused) is item i's category (0 = none) and ``category_names[c-1]`` its name. ``meta`` holds
-    the caller's part (format, sources, options, dropped counts); counts, folds and candidate
-    settings are added here. ``noise`` (synthetic data) holds the ground-truth columns of
-    ``noise.parquet``. Everything goes to a temporary directory beside ``output`` that is
-    renamed at the end: a failure leaves nothing at ``output``.
+    ``content`` holds the sequences, ids, categories, the caller's meta part and any noise
+    ground truth (:class:`DatasetContent`). Derived here: item popularity, the user folds
+    (``folds`` parts of a permutation seeded by ``fold_seed``) and each user's test candidates
+    (its last item, then ``num_candidates - 1`` negatives drawn by ``candidate_sampler``:
+    'popularity', weights popularity ** ``popularity_exponent``, or 'uniform'; seeded by
+    ``candidate_seed``); meta.json gets the counts, fold and candidate settings besides the
+    caller's part. Everything goes to a temporary directory beside ``output`` that is renamed at
+    the end: a failure leaves nothing at ``output``.
     """
-    from .sampling import build_alias, sample_candidates, user_item_sets
-
     output = prepare_output_dir(output, overwrite)
-    seq_items = np.ascontiguousarray(seq_items, dtype=np.int32)
-    seq_offsets = np.ascontiguousarray(seq_offsets, dtype=np.int64)
-    num_users = len(seq_offsets) - 1
-    num_items = len(raw_items)
-    num_categories = len(category_names)
+    seq_items = np.ascontiguousarray(content.seq_items, dtype=np.int32)
+    seq_offsets = np.ascontiguousarray(content.seq_offsets, dtype=np.int64)
+    num_users, num_items = len(seq_offsets) - 1, len(content.raw_items)
+    _check_ids(seq_items, num_users, num_items, content.item_category)
+    popularity = np.bincount(seq_items, minlength=num_items + 1).astype(np.int64)
+    popularity[PADDING_ITEM] = 0
+    lengths = np.diff(seq_offsets)
+    if lengths.min() < 1:
+        raise DatasetError(f"user {int(np.argmin(lengths))} has no interaction; every user needs at least one")
+    owned = _owned_items(seq_items, seq_offsets, num_items, num_candidates)
+    fold = assign_folds(num_users, folds, fold_seed)
+    settings = {
+        "count": num_candidates,
+        "sampler": candidate_sampler,
+        "popularity_exponent": popularity_exponent,
+        "seed": candidate_seed,
+        "positive": "the user's last item, column 0",
+    }
+    candidates = _test_candidates(seq_items, seq_offsets, owned, popularity, settings)
+    meta = dict(content.meta)
+    meta.update(
+        schema_version=SCHEMA_VERSION,
+        num_users=num_users,
+        num_items=num_items,
+        num_interactions=int(len(seq_items)),
+        num_categories=len(content.category_names),
+        padding_item=PADDING_ITEM,
+        folds=folds,
+        fold_seed=fold_seed,
+        candidates=settings,
+        has_noise_ground_truth=content.noise is not None,
+        written_at=_time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
+    )
+    derived = {"seq_items": seq_items, "seq_offsets": seq_offsets, "fold": fold, "popularity": popularity, "candidates": candidates}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        _write_tables(tmp, content, derived)
+        _write_arrays(tmp / "arrays", item_category=np.ascontiguousarray(content.item_category, dtype=np.int32), **derived)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        # mkdtemp creates the directory private (0700); give it the permissions a normal
+        # mkdir would (the umask's), so others on a shared cluster can read the dataset.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, output)
+    return output
+
+
+def _check_ids(seq_items: np.ndarray, num_users: int, num_items: int, item_category: np.ndarray) -> None:
+    """Refuse an empty dataset, item ids outside 1..num_items, and a category table of another size."""
     if num_users == 0 or len(seq_items) == 0:
         raise DatasetError("the dataset is empty: no user has an interaction left")
     if seq_items.min() < 1 or seq_items.max() > num_items:
@@ -172,11 +229,12 @@ def write_dataset(
     if len(item_category) != num_items + 1:
         raise DatasetError("item_category must have num_items + 1 entries (entry 0 is padding)")
 
-    popularity = np.bincount(seq_items, minlength=num_items + 1).astype(np.int64)
-    popularity[PADDING_ITEM] = 0
-    lengths = np.diff(seq_offsets)
-    if lengths.min() < 1:
-        raise DatasetError(f"user {int(np.argmin(lengths))} has no interaction; every user needs at least one")
+
+def _owned_items(seq_items: np.ndarray, seq_offsets: np.ndarray, num_items: int, num_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's sorted items (``sampling.user_item_sets``), after checking that every user
+    leaves at least ``num_candidates - 1`` items it never interacted with for its negatives."""
+    from .sampling import user_item_sets
+
     owned, owned_offsets = user_item_sets(seq_items, seq_offsets)
     # Distinct items per user (repeats are real revisits in some datasets, e.g. Yelp).
     first = np.ones(len(owned), dtype=bool)
@@ -189,121 +247,79 @@ def write_dataset(
             f"user {int(np.argmax(distinct))} has interacted with {max_owned} of {num_items} items, "
             f"leaving fewer than {num_candidates - 1} negatives for its test candidates; lower --candidates"
         )
-    fold = assign_folds(num_users, folds, fold_seed)
+    return owned, owned_offsets
+
+
+def _test_candidates(
+    seq_items: np.ndarray, seq_offsets: np.ndarray, owned: tuple[np.ndarray, np.ndarray], popularity: np.ndarray, settings: dict
+) -> np.ndarray:
+    """int32 [num_users, count]: each user's last item, then negatives drawn as ``settings``
+    (meta.json's "candidates" record) says."""
+    from .sampling import build_alias, sample_candidates
+
     weights = popularity[1:].astype(np.float64)
-    if candidate_sampler == "popularity":
-        weights = np.power(weights, popularity_exponent)
-    elif candidate_sampler == "uniform":
-        weights = np.ones(num_items, dtype=np.float64)
+    if settings["sampler"] == "popularity":
+        weights = np.power(weights, settings["popularity_exponent"])
+    elif settings["sampler"] == "uniform":
+        weights = np.ones(len(weights), dtype=np.float64)
     else:
-        raise DatasetError(f"candidate sampler {candidate_sampler!r}: expected 'popularity' or 'uniform'")
+        raise DatasetError(f"candidate sampler {settings['sampler']!r}: expected 'popularity' or 'uniform'")
     prob, alias = build_alias(weights)
-    candidates = sample_candidates(seq_items, seq_offsets, owned, owned_offsets, prob, alias, num_candidates, candidate_seed)
+    return sample_candidates(seq_items, seq_offsets, *owned, prob, alias, settings["count"], settings["seed"])
 
-    meta = dict(meta)
-    meta.update(
-        schema_version=SCHEMA_VERSION,
-        num_users=num_users,
-        num_items=num_items,
-        num_interactions=int(len(seq_items)),
-        num_categories=num_categories,
-        padding_item=PADDING_ITEM,
-        folds=folds,
-        fold_seed=fold_seed,
-        candidates={
-            "count": num_candidates,
-            "sampler": candidate_sampler,
-            "popularity_exponent": popularity_exponent,
-            "seed": candidate_seed,
-            "positive": "the user's last item, column 0",
+
+def write_settings_of(meta: dict) -> dict:
+    """The fold and candidate keyword arguments of :func:`write_dataset` as a dataset's meta.json
+    records them: a dataset derived from it is written with the same ones."""
+    cand = meta["candidates"]
+    return {
+        "folds": int(meta["folds"]),
+        "fold_seed": int(meta["fold_seed"]),
+        "num_candidates": int(cand["count"]),
+        "candidate_sampler": cand["sampler"],
+        "candidate_seed": int(cand["seed"]),
+        "popularity_exponent": float(cand["popularity_exponent"]),
+    }
+
+
+def _write_tables(directory: Path, content: DatasetContent, derived: dict[str, np.ndarray]) -> None:
+    """The Parquet files (the record; see the module docstring) of ``content`` and its derived parts."""
+    seq_items, seq_offsets, candidates = derived["seq_items"], derived["seq_offsets"], derived["candidates"]
+    num_users, num_items, num_categories = len(seq_offsets) - 1, len(content.raw_items), len(content.category_names)
+    lengths = np.diff(seq_offsets)
+    user_ids = np.arange(num_users, dtype=np.int32)
+    tables = {
+        "interactions": {
+            "user": pa.array(np.repeat(user_ids, lengths)),
+            "item": pa.array(seq_items),
+            "time": pa.array(np.ascontiguousarray(content.seq_times, dtype=np.int64)),
         },
-        has_noise_ground_truth=noise is not None,
-        written_at=_time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
-    )
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        user_ids = np.arange(num_users, dtype=np.int32)
-        pq.write_table(
-            pa.table(
-                {
-                    "user": pa.array(np.repeat(user_ids, lengths)),
-                    "item": pa.array(seq_items),
-                    "time": pa.array(np.ascontiguousarray(seq_times, dtype=np.int64)),
-                }
-            ),
-            tmp / "interactions.parquet",
-        )
-        pq.write_table(
-            pa.table(
-                {
-                    "user": pa.array(user_ids),
-                    "raw_user": raw_users.cast(pa.string()),
-                    "offset": pa.array(seq_offsets[:-1]),
-                    "length": pa.array(lengths.astype(np.int32)),
-                    "fold": pa.array(fold),
-                }
-            ),
-            tmp / "users.parquet",
-        )
-        pq.write_table(
-            pa.table(
-                {
-                    "item": pa.array(np.arange(1, num_items + 1, dtype=np.int32)),
-                    "raw_item": raw_items.cast(pa.string()),
-                    "category": pa.array(np.ascontiguousarray(item_category[1:], dtype=np.int32)),
-                    "popularity": pa.array(popularity[1:]),
-                }
-            ),
-            tmp / "items.parquet",
-        )
-        pq.write_table(
-            pa.table(
-                {
-                    "category": pa.array(np.arange(1, num_categories + 1, dtype=np.int32)),
-                    "name": category_names.cast(pa.string()),
-                }
-            ),
-            tmp / "categories.parquet",
-        )
-        cand_flat = pa.array(candidates.reshape(-1))
-        pq.write_table(
-            pa.table(
-                {
-                    "user": pa.array(user_ids),
-                    "candidates": pa.FixedSizeListArray.from_arrays(cand_flat, num_candidates),
-                }
-            ),
-            tmp / "candidates.parquet",
-        )
-        if noise is not None:
-            pq.write_table(
-                pa.table({k: pa.array(np.ascontiguousarray(v)) for k, v in noise.items()}),
-                tmp / "noise.parquet",
-            )
-        _write_arrays(
-            tmp / "arrays",
-            seq_items=seq_items,
-            seq_offsets=seq_offsets,
-            fold=fold,
-            item_category=np.ascontiguousarray(item_category, dtype=np.int32),
-            popularity=popularity,
-            candidates=candidates,
-        )
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        # mkdtemp creates the directory private (0700); give it the permissions a normal
-        # mkdir would (the umask's), so others on a shared cluster can read the dataset.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
+        "users": {
+            "user": pa.array(user_ids),
+            "raw_user": content.raw_users.cast(pa.string()),
+            "offset": pa.array(seq_offsets[:-1]),
+            "length": pa.array(lengths.astype(np.int32)),
+            "fold": pa.array(derived["fold"]),
+        },
+        "items": {
+            "item": pa.array(np.arange(1, num_items + 1, dtype=np.int32)),
+            "raw_item": content.raw_items.cast(pa.string()),
+            "category": pa.array(np.ascontiguousarray(content.item_category[1:], dtype=np.int32)),
+            "popularity": pa.array(derived["popularity"][1:]),
+        },
+        "categories": {
+            "category": pa.array(np.arange(1, num_categories + 1, dtype=np.int32)),
+            "name": content.category_names.cast(pa.string()),
+        },
+        "candidates": {
+            "user": pa.array(user_ids),
+            "candidates": pa.FixedSizeListArray.from_arrays(pa.array(candidates.reshape(-1)), candidates.shape[1]),
+        },
+    }
+    if content.noise is not None:
+        tables["noise"] = {k: pa.array(np.ascontiguousarray(v)) for k, v in content.noise.items()}
+    for name, columns in tables.items():
+        pq.write_table(pa.table(columns), directory / f"{name}.parquet")
 
 
 def _write_arrays(directory: Path, **arrays: np.ndarray) -> None:
@@ -329,6 +345,14 @@ def read_meta(path: str | Path) -> dict:
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise DatasetError(f"{meta_file}: schema_version {meta.get('schema_version')!r}, this version reads {SCHEMA_VERSION}; prepare the dataset again")
     return meta
+
+
+def read_raw_ids(path: str | Path, table: str, id_col: str, raw_col: str) -> pa.Array:
+    """The column ``raw_col`` of a dataset directory's ``table`` (e.g. users.parquet's raw_user),
+    in the order of the dense ids of ``id_col``."""
+    t = pq.read_table(Path(path) / table, columns=[id_col, raw_col])
+    order = np.argsort(t.column(id_col).to_numpy(), kind="stable")
+    return t.column(raw_col).combine_chunks().take(pa.array(order))
 
 
 def _arrays_from_parquet(path: Path, meta: dict) -> dict[str, np.ndarray]:
@@ -397,3 +421,14 @@ def _check_consistent(ds: DatasetArrays) -> None:
         problems.append("candidates does not have one row per user")
     if problems:
         raise DatasetError(f"{ds.path} is inconsistent: {'; '.join(problems)}; prepare it again")
+
+
+def dataset_fingerprint(arrays: DatasetArrays) -> str:
+    """A hash of what a run trains on: the sequences, the items' categories and the folds."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("seq_offsets", "seq_items", "item_category", "fold"):
+        a = np.ascontiguousarray(getattr(arrays, name))
+        h.update(name.encode())
+        h.update(str(a.dtype).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()

@@ -2,8 +2,10 @@
 
     python -m atjt_dist.data.prepare --format FORMAT --input PATH [PATH ...] --output DIR [options]
 
-Formats and how their files are read: :mod:`atjt_dist.data.formats`. The steps, in order, each
-logged with its counts (stdout) and recorded in ``meta.json`` under ``dropped``:
+Formats and how their files are read: :mod:`atjt_dist.data.formats`; steps 2-6:
+:mod:`atjt_dist.data.prepare_steps`, with its numba kernels in :mod:`atjt_dist.data.prepare_kernels`.
+The steps, in order, each logged with its counts (stdout) and recorded in ``meta.json`` under
+``dropped``:
 
 1. read      every input file, streamed; ids coded in ascending raw-id order.
 2. rating    ``--min-rating X`` keeps rows with rating >= X (formats with ratings; default off).
@@ -35,364 +37,38 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import threading
-import time as _time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numba
-import numpy as np
 import pyarrow as pa
 
-from .formats import FORMATS, FormatOptions, PrepareError, RawInteractions, read_raw
-from .layout import DatasetError, prepare_output_dir, write_dataset
+from ..files import sha256_file
+from .formats import FORMATS, FormatOptions, PrepareError, read_raw
+from .layout import DatasetContent, DatasetError, prepare_output_dir, write_dataset
+from .prepare_kernels import compact, first_of_pairs, k_core, order_by_user, sort_by_user_time, stable_sort_by_key
+from .prepare_steps import ID_ORDER, TIE_BREAK, Sequences, StepOptions, _Clock, build_sequences
 
-TIE_BREAK = "user, then time, then input row order (files in the order given)"
-ID_ORDER = "ascending raw id (numeric when every id is an integer), users from 0, items from 1; item 0 = padding"
-
-
-# ---------------------------------------------------------------------------------------------
-# Kernels (numba; cached on disk, so only the first run on a machine compiles them)
-# ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def order_by_user(user, num_users):
-    """Stable counting sort by user code: (row order, CSR offsets [num_users + 1])."""
-    offsets = np.zeros(num_users + 1, dtype=np.int64)
-    for r in range(user.shape[0]):
-        offsets[user[r] + 1] += 1
-    for u in range(num_users):
-        offsets[u + 1] += offsets[u]
-    cursor = offsets[:-1].copy()
-    order = np.empty(user.shape[0], dtype=np.int64)
-    for r in range(user.shape[0]):
-        u = user[r]
-        order[cursor[u]] = r
-        cursor[u] += 1
-    return order, offsets
-
-
-_RUN = 16  # insertion-sorted run length of the merge sort
-
-
-@numba.njit(cache=True)
-def _merge_runs(src_k, src_p, dst_k, dst_p, width):
-    """Merge neighbouring sorted runs of `width` from src into dst; the left run wins ties."""
-    n = src_k.shape[0]
-    for lo in range(0, n, 2 * width):
-        mid = min(lo + width, n)
-        hi = min(lo + 2 * width, n)
-        i = lo
-        j = mid
-        for o in range(lo, hi):
-            if j >= hi or (i < mid and src_k[i] <= src_k[j]):
-                dst_k[o] = src_k[i]
-                dst_p[o] = src_p[i]
-                i += 1
-            else:
-                dst_k[o] = src_k[j]
-                dst_p[o] = src_p[j]
-                j += 1
-
-
-@numba.njit(cache=True)
-def stable_sort_by_key(keys, payload):
-    """Sort `keys` ascending in place, carrying `payload`; equal keys keep their order.
-
-    A bottom-up merge sort over insertion-sorted runs: small code that numba compiles
-    quickly (np.argsort(kind="mergesort") in a parallel loop took ~20 s to compile).
-    """
-    n = keys.shape[0]
-    for start in range(0, n, _RUN):
-        for i in range(start + 1, min(start + _RUN, n)):
-            k = keys[i]
-            p = payload[i]
-            j = i - 1
-            while j >= start and keys[j] > k:
-                keys[j + 1] = keys[j]
-                payload[j + 1] = payload[j]
-                j -= 1
-            keys[j + 1] = k
-            payload[j + 1] = p
-    if n <= _RUN:
-        return
-    buffer_k = np.empty_like(keys)
-    buffer_p = np.empty_like(payload)
-    in_buffer = False
-    width = _RUN
-    while width < n:
-        if in_buffer:
-            _merge_runs(buffer_k, buffer_p, keys, payload, width)
-        else:
-            _merge_runs(keys, payload, buffer_k, buffer_p, width)
-        in_buffer = not in_buffer
-        width *= 2
-    if in_buffer:
-        for i in range(n):
-            keys[i] = buffer_k[i]
-            payload[i] = buffer_p[i]
-
-
-@numba.njit(parallel=True, cache=True)
-def sort_by_user_time(user, item, time, num_users):
-    """Rows stably sorted by (user, time): (CSR offsets, items, times).
-
-    Ties in time keep input row order: the counting sort by user is stable, and so is the
-    sort of each user's rows by time.
-    """
-    order, offsets = order_by_user(user, num_users)
-    items = np.empty(item.shape[0], dtype=np.int32)
-    times = np.empty(item.shape[0], dtype=np.int64)
-    for u in numba.prange(num_users):
-        a = offsets[u]
-        b = offsets[u + 1]
-        keys = np.empty(b - a, dtype=np.int64)
-        for k in range(a, b):
-            keys[k - a] = time[order[k]]
-        rows = order[a:b].copy()
-        stable_sort_by_key(keys, rows)
-        for k in range(a, b):
-            items[k] = item[rows[k - a]]
-            times[k] = keys[k - a]
-    return offsets, items, times
-
-
-@numba.njit(parallel=True, cache=True)
-def first_of_pairs(offsets, item, num_items, chunks):
-    """Keep-mask of each user's first row per item (rows in CSR order, sorted by time).
-
-    Users are split into `chunks` (one per thread), each with its own item -> last-user table.
-    """
-    num_users = offsets.shape[0] - 1
-    keep = np.ones(item.shape[0], dtype=np.bool_)
-    chunks = max(1, min(chunks, num_users))
-    for c in numba.prange(chunks):
-        owner = np.full(num_items, -1, dtype=np.int32)
-        for u in range(num_users * c // chunks, num_users * (c + 1) // chunks):
-            for r in range(offsets[u], offsets[u + 1]):
-                if owner[item[r]] == u:
-                    keep[r] = False
-                else:
-                    owner[item[r]] = u
-    return keep
-
-
-@numba.njit(cache=True)
-def k_core(offsets, item, num_items, min_user, min_item):
-    """Iterative k-core: (keep-mask, passes, rows per user, rows per item) after it.
-
-    Removals update the counts at once, so a pass sees earlier removals; the result is the
-    unique largest subset where every user has >= min_user rows and every item >= min_item.
-    """
-    num_users = offsets.shape[0] - 1
-    keep = np.ones(item.shape[0], dtype=np.bool_)
-    user_count = offsets[1:] - offsets[:-1]
-    item_count = np.zeros(num_items, dtype=np.int64)
-    for r in range(item.shape[0]):
-        item_count[item[r]] += 1
-    passes = 0
-    changed = True
-    while changed:
-        changed = False
-        passes += 1
-        for u in range(num_users):
-            if user_count[u] == 0:
-                continue
-            for r in range(offsets[u], offsets[u + 1]):
-                if keep[r] and (user_count[u] < min_user or item_count[item[r]] < min_item):
-                    keep[r] = False
-                    user_count[u] -= 1
-                    item_count[item[r]] -= 1
-                    changed = True
-    return keep, passes, user_count, item_count
-
-
-@numba.njit(cache=True)
-def compact(offsets, item, time, keep):
-    """Move the kept rows forward in place (order kept); returns (new CSR offsets, rows kept).
-
-    In place because fresh memory is slow to fault in: the caller slices item[:n], time[:n].
-    """
-    new_offsets = np.zeros_like(offsets)
-    j = 0
-    for u in range(offsets.shape[0] - 1):
-        for r in range(offsets[u], offsets[u + 1]):
-            if keep[r]:
-                item[j] = item[r]
-                time[j] = time[r]
-                j += 1
-        new_offsets[u + 1] = j
-    return new_offsets, j
-
-
-# ---------------------------------------------------------------------------------------------
-# The steps
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class StepOptions:
-    """Filtering options (the command-line flags of the same names)."""
-
-    dedup: bool = False  # drop repeated (user, item) pairs (the format's default if not given)
-    min_rating: Optional[float] = None
-    min_user_interactions: int = 5
-    min_item_interactions: int = 1
-
-
-@dataclass
-class Sequences:
-    """The prepared dataset, ready for write_dataset."""
-
-    seq_items: np.ndarray
-    seq_offsets: np.ndarray
-    seq_times: np.ndarray
-    raw_users: pa.Array
-    raw_items: pa.Array
-    item_category: np.ndarray  # [num_items + 1], 0 = none
-    category_names: pa.Array
-    dropped: list[dict]
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = _time.perf_counter()
-
-    def lap(self) -> str:
-        now = _time.perf_counter()
-        out, self.t = f"({now - self.t:.2f} s)", now
-        return out
-
-
-class _StepRecord:
-    """Each step's counts, in order (meta.json's ``dropped``), and its log line with its time."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-        self.clock = _Clock()
-        self.dropped: list[dict] = []
-
-    def step(self, entry: Optional[dict], line: str) -> None:
-        if entry is not None:
-            self.dropped.append(entry)
-        self.log(f"{line} {self.clock.lap()}")
-
-
-def _count(mask: np.ndarray) -> int:
-    return int(np.count_nonzero(mask))
-
-
-def _nonempty(rows: int, after: str) -> None:
-    if rows == 0:
-        raise PrepareError(f"no interactions left after {after}")
-
-
-def build_sequences(raw: RawInteractions, steps: StepOptions, log: Callable[[str], None] = print) -> Sequences:
-    """Steps 2-6 of the module docstring on raw interactions; returns dense CSR sequences."""
-    record = _StepRecord(log)
-    _nonempty(len(raw.user), "reading: the input files hold no interactions")
-    user, item, time = _rating_threshold(raw, steps.min_rating, record)
-    with numba.parallel_chunksize(1024):  # users in small chunks: sequence lengths are skewed
-        offsets, item, time = sort_by_user_time(user, item, time, len(raw.raw_users))
-    del user
-    record.step(None, f"sorted {len(item):,} rows by ({TIE_BREAK})")
-    offsets, item, time = _drop_duplicates(offsets, item, time, len(raw.raw_items), steps.dedup, record)
-    offsets, item, time, user_count, item_count = _k_core(offsets, item, time, len(raw.raw_items), steps, record)
-    return _remap(raw, offsets, user_count, item_count, item, time, record.dropped)
-
-
-def _rating_threshold(raw: RawInteractions, min_rating: Optional[float], record: _StepRecord):
-    if min_rating is None:
-        record.dropped.append({"step": "rating_threshold", "min_rating": None, "rows": 0, "skipped": True})
-        return raw.user, raw.item, raw.time
-    if raw.rating is None:
-        raise PrepareError("--min-rating: these input files have no ratings")
-    keep = raw.rating >= min_rating  # NaN (a missing rating) never passes
-    user, item, time = raw.user[keep], raw.item[keep], raw.time[keep]
-    dropped = len(keep) - len(user)
-    record.step(
-        {"step": "rating_threshold", "min_rating": min_rating, "rows": dropped},
-        f"rating >= {min_rating:g}: dropped {dropped:,} rows below it, {len(user):,} left",
-    )
-    _nonempty(len(user), f"the rating threshold (--min-rating {min_rating:g})")
-    return user, item, time
-
-
-def _drop_duplicates(offsets, item, time, num_items: int, dedup: bool, record: _StepRecord):
-    if not dedup:
-        record.step({"step": "duplicates", "rows": 0, "skipped": True}, "duplicates: kept (de-duplication is off)")
-        return offsets, item, time
-    keep = first_of_pairs(offsets, item, num_items, numba.get_num_threads())
-    removed = len(keep) - _count(keep)
-    if removed:
-        offsets, n = compact(offsets, item, time, keep)
-        item, time = item[:n], time[:n]
-    record.step(
-        {"step": "duplicates", "rows": removed},
-        f"duplicates: dropped {removed:,} repeated (user, item) rows, kept the earliest",
-    )
-    return offsets, item, time
-
-
-def _k_core(offsets, item, time, num_items: int, steps: StepOptions, record: _StepRecord):
-    min_user, min_item = steps.min_user_interactions, steps.min_item_interactions
-    users_before = _count(np.diff(offsets))
-    items_before = _count(np.bincount(item, minlength=num_items))
-    keep, passes, user_count, item_count = k_core(offsets, item, num_items, min_user, min_item)
-    removed = len(keep) - _count(keep)
-    if removed:
-        offsets, n = compact(offsets, item, time, keep)
-        item, time = item[:n], time[:n]
-    entry = {
-        "step": "k_core",
-        "min_user_interactions": min_user,
-        "min_item_interactions": min_item,
-        "passes": int(passes),
-        "rows": removed,
-        "users": users_before - _count(user_count),
-        "items": items_before - _count(item_count),
-    }
-    record.step(
-        entry,
-        f"k-core (users >= {min_user}, items >= {min_item}): removed {entry['users']:,} users, {entry['items']:,} items, {removed:,} rows in {passes} passes",
-    )
-    _nonempty(len(item), f"the k-core filter (--min-user-interactions {min_user}, --min-item-interactions {min_item})")
-    return offsets, item, time, user_count, item_count
-
-
-def _remap(raw: RawInteractions, offsets, user_count, item_count, item, time, dropped) -> Sequences:
-    """Dense ids for the survivors; codes are ascending raw ids, so cumsum keeps that order."""
-    user_alive = user_count > 0
-    item_alive = item_count > 0
-    item_id = np.cumsum(item_alive, dtype=np.int64).astype(np.int32)  # code -> 1..N
-    seq_offsets = np.concatenate([[0], offsets[1:][user_alive]]).astype(np.int64)
-
-    codes = raw.item_category[item_alive]
-    used = np.unique(codes[codes >= 0])
-    category_id = np.zeros(len(raw.category_names) + 1, dtype=np.int32)  # shifted: code -1 -> 0
-    category_id[used + 1] = np.arange(1, len(used) + 1, dtype=np.int32)
-    item_category = np.zeros(_count(item_alive) + 1, dtype=np.int32)
-    item_category[1:] = category_id[codes + 1]
-    return Sequences(
-        seq_items=item_id[item],
-        seq_offsets=seq_offsets,
-        seq_times=time,
-        raw_users=raw.raw_users.filter(pa.array(user_alive)),
-        raw_items=raw.raw_items.filter(pa.array(item_alive)),
-        item_category=item_category,
-        category_names=raw.category_names.take(pa.array(used, type=pa.int64())),
-        dropped=dropped,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
+# The steps' kernels and types are part of this command's interface (tests and callers import
+# them from here).
+__all__ = [
+    "ID_ORDER",
+    "TIE_BREAK",
+    "Sequences",
+    "StepOptions",
+    "build_parser",
+    "build_sequences",
+    "compact",
+    "first_of_pairs",
+    "k_core",
+    "main",
+    "order_by_user",
+    "prepare",
+    "sort_by_user_time",
+    "stable_sort_by_key",
+]
 
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Path:
@@ -436,8 +112,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Pat
     meta["dropped"] = seqs.dropped
     num_users, num_items = len(seqs.seq_offsets) - 1, len(seqs.raw_items)
     log(f"final: {num_users:,} users, {num_items:,} items, {len(seqs.seq_items):,} interactions, {len(seqs.category_names):,} categories")
-    out = write_dataset(
-        args.output,
+    content = DatasetContent(
         seq_items=seqs.seq_items,
         seq_offsets=seqs.seq_offsets,
         seq_times=seqs.seq_times,
@@ -446,6 +121,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Pat
         item_category=seqs.item_category,
         category_names=seqs.category_names,
         meta=meta,
+    )
+    out = write_dataset(
+        args.output,
+        content,
         folds=args.folds,
         fold_seed=args.fold_seed,
         num_candidates=args.candidates,
@@ -459,16 +138,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Pat
 
 def _sha256(path: Path, stop: threading.Event, chunk: int = 1 << 22) -> Optional[str]:
     """The file's hex sha256, streamed; None if `stop` is set first (or the file is missing)."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                if stop.is_set():
-                    return None
-                digest.update(block)
+        return sha256_file(path, stop, chunk)
     except OSError:
         return None  # read_raw reports the missing or unreadable file
-    return digest.hexdigest()
 
 
 def _format_options(args: argparse.Namespace) -> FormatOptions:

@@ -30,17 +30,16 @@ checks that it was pre-trained on this dataset, split and fold, with these layer
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingConfig
 
 from ..config import Config, ConfigError, ModelConfig
+from ..data.layout import dataset_fingerprint  # kept importable from here; it lives with the dataset layout
 from .base import ModelSpec, SequentialRecommender
 from .batch import Embedded, SequenceBatch, embedding_tables, make_embedding_collection
 from .layers import Dropout
@@ -139,17 +138,6 @@ def init_weights_(module: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------
 # The pre-training checkpoint
 # ---------------------------------------------------------------------------------------------
-
-
-def dataset_fingerprint(arrays) -> str:
-    """A hash of what a run trains on: the sequences, the items' categories and the folds."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in ("seq_offsets", "seq_items", "item_category", "fold"):
-        a = np.ascontiguousarray(getattr(arrays, name))
-        h.update(name.encode())
-        h.update(str(a.dtype).encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
 
 
 def checkpoint_meta(cfg: Config, data) -> dict:
