@@ -65,9 +65,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from .collectives import barrier, broadcast_object, gather_objects, rank, world_size
 from .config import Config, ConfigError, to_dict
 from .files import sha256_file
 
@@ -277,33 +277,6 @@ def rewind_metrics(path: Path, nbytes: Optional[int]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _gather(obj: Any) -> list[Any]:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
-def _broadcast(obj: Any) -> Any:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
-
-
 def _check_keys(state: dict, reader, path: Path) -> None:
     """ConfigError if the checkpoint lacks entries this run needs (DCP's own error is opaque)."""
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
@@ -327,18 +300,18 @@ class Checkpoints:
         self.device = device
         self.fingerprint = dataset_fingerprint
         self.hooks = hooks
-        self.rank, self.world = _world()
+        self.rank, self.world = rank(), world_size()
 
     # -- listing ------------------------------------------------------------------------------
 
     def committed(self) -> list[Path]:
         """Committed checkpoints, newest first, as rank 0 sees them (not verified)."""
-        return _broadcast(committed(self.root) if self.rank == 0 else None)
+        return broadcast_object(committed(self.root) if self.rank == 0 else None)
 
     def _hash(self, directory: Path, names: list[str]) -> dict[str, dict]:
         mine = {n: {"bytes": (directory / n).stat().st_size, "sha256": sha256_file(directory / n)} for n in names[self.rank :: self.world]}
         out: dict[str, dict] = {}
-        for part in _gather(mine):
+        for part in gather_objects(mine):
             out.update(part)
         return out
 
@@ -352,7 +325,7 @@ class Checkpoints:
         else:
             names = sorted(record["files"])
             local = check_files(directory, record["files"], names[self.rank :: self.world])
-        problems = sorted({p for part in _gather(local) for p in part})
+        problems = sorted({p for part in gather_objects(local) for p in part})
         return (record if not problems else None), problems
 
     # -- save ---------------------------------------------------------------------------------
@@ -368,7 +341,7 @@ class Checkpoints:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         dcp.save(training_state(model, dense), storage_writer=FileSystemWriter(str(tmp), sync_files=True))
         engine = deepspeed_engine(dense)
         if engine is not None:
@@ -378,7 +351,7 @@ class Checkpoints:
         _write_synced(tmp / f"rng-rank{self.rank:05d}.pt", buffer.getvalue())
         if self.hooks is not None:
             self.hooks.in_checkpoint(step, self.rank)
-        _barrier()
+        barrier()
         files = self._hash(tmp, _files(tmp))
         if self.rank == 0:
             record = {
@@ -407,7 +380,7 @@ class Checkpoints:
             self._prune(keep=final)
             size = sum(f["bytes"] for f in files.values())
             log.info("checkpoint %s saved (%.1f MB, %.1f s)", final, size / 1e6, time.perf_counter() - started)
-        _barrier()
+        barrier()
         return final
 
     def _prune(self, keep: Path) -> None:
@@ -438,7 +411,7 @@ class Checkpoints:
                 damaged = path.with_name(path.name + ".damaged")
                 shutil.rmtree(damaged, ignore_errors=True)
                 os.rename(path, damaged)
-            _barrier()
+            barrier()
         return None
 
     def check_compatible(self, path: Path, record: dict, dense: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from .errors import ConfigError, DatasetError, RunError
 
@@ -40,35 +40,53 @@ def usage_block(doc: str) -> str:
     return paragraphs[0] if paragraphs else ""
 
 
-def print_help(prog: str, doc: str, full: bool = False) -> None:
-    """The command's usage, the key config flags and where the rest are (``full``: every config
-    key with its type, default and meaning, as in docs/config.md)."""
-    print(f"usage: {prog} [--config FILE] [--section.key=value ...]\n")
+def print_help(prog: str, doc: str, full: bool = False, options: Optional[type] = None) -> None:
+    """The command's usage, its own ``options`` (a dataclass read by
+    :func:`~atjt_dist.command_options.pop_command_options`) with their defaults, the key config
+    flags and where the rest are (``full``: every config key with its type, default and
+    meaning, as in docs/config.md)."""
+    rows: list[tuple[str, str]] = []
+    shadowed: set[str] = set()
+    if options is not None:
+        from .command_options import describe_options, option_names
+
+        rows = describe_options(options)
+        shadowed = option_names(options)  # a config flag the command reads as its own (or refuses) is not listed as one
+    config_file = "" if "--config" in shadowed else " [--config FILE]"
+    print(f"usage: {prog}{' [options]' if options else ''}{config_file} [--section.key=value ...]\n")
     print(usage_block(doc) + "\n")
+    if rows:
+        _print_rows("Options of this command (--flag=value or --flag value):", rows)
+        print()
     if full:
         from .config import describe  # the whole table: imports nothing heavy either
 
         print("Config keys (YAML sections or --section.key=value overrides):\n")
         print(describe())
         return
-    print("Most used config flags (--key=value or --key value):")
-    width = max(len(flag) for flag, _ in KEY_FLAGS)
-    for flag, text in KEY_FLAGS:
-        print(f"  {flag:<{width}}  {text}")
+    _print_rows("Most used config flags (--key=value or --key value):", [(f, t) for f, t in KEY_FLAGS if f.split()[0] not in shadowed])
     print("\nEvery config key: docs/config.md, or --help-all.")
 
 
-def run_cli(main: Callable[[list[str]], int], argv: list[str] | None, prog: str, doc: str) -> int:
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    print(title)
+    width = max(len(flag) for flag, _ in rows)
+    for flag, text in rows:
+        print(f"  {flag:<{width}}  {text}")
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None, prog: str, doc: str, options: Optional[type] = None) -> int:
     """Run ``main(argv)``, turning user errors into one line on stderr and exit status 2.
-    ``-h``/``--help`` print :func:`print_help` from ``doc`` (the command's module docstring)."""
+    ``-h``/``--help`` print :func:`print_help` from ``doc`` (the command's module docstring) and
+    ``options`` (the dataclass of the command's own options, if it has any)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv or "--help-all" in argv:
-        print_help(prog, doc, full="--help-all" in argv)
+        print_help(prog, doc, full="--help-all" in argv, options=options)
         return 0
     try:
         return main(argv)
     except (*USER_ERRORS, RunError) as exc:
         if os.environ.get("ATJT_DEBUG"):
             raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, even for a message that wraps
         return exc.exit_status if isinstance(exc, RunError) else 2

@@ -26,8 +26,9 @@ COMMANDS = {
     "reproduce": ("atjt_dist.commands.reproduce", "the paper's grid: datasets x models x methods x seeds"),
     "pretrain": ("atjt_dist.commands.pretrain", "pre-train S3Rec's encoder"),
 }
-#: commands with options of their own parsed by argparse (their --help lists them)
-ARGPARSE_COMMANDS = ("prepare", "synthetic", "report", "score")
+#: commands whose own --help lists their options (their modules import no torch at the top, so
+#: the help stays fast); the others' help is printed here from the module docstring
+SELF_HELP_COMMANDS = ("prepare", "synthetic", "report", "score", "compare", "audit", "reproduce")
 
 
 def overview() -> str:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atjt: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = COMMANDS[name][0]
-    if name not in ARGPARSE_COMMANDS and any(a in ("-h", "--help", "--help-all") for a in rest):
+    if name not in SELF_HELP_COMMANDS and any(a in ("-h", "--help", "--help-all") for a in rest):
         from .cli import print_help
 
         print_help(f"atjt {name}", module_doc(module), full="--help-all" in rest)

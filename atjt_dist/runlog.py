@@ -56,6 +56,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .collectives import broadcast_object
+
 log = logging.getLogger("atjt_dist")
 
 
@@ -68,11 +70,7 @@ def choose_run_dir(requested: Optional[str], model: str, method: str) -> Path:
     if requested:
         return Path(requested)
     path = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{model}-{method}")
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [path]
-        dist.broadcast_object_list(box, src=0)
-        path = box[0]
-    return Path(path)
+    return Path(broadcast_object(path))
 
 
 def setup_logging(run_dir: Optional[Path], is_main: bool, all_ranks: bool = False) -> None:

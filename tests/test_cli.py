@@ -5,10 +5,14 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from atjt_dist.main import ARGPARSE_COMMANDS, COMMANDS, main, module_doc
+from atjt_dist.command_options import option, pop_command_options
+from atjt_dist.main import COMMANDS, SELF_HELP_COMMANDS, main, module_doc
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -28,7 +32,7 @@ def test_unknown_command_is_one_line_and_status_2():
     assert done.stderr.strip().count("\n") == 0 and "unknown command 'nope'" in done.stderr and "train" in done.stderr
 
 
-@pytest.mark.parametrize("name", sorted(set(COMMANDS) - set(ARGPARSE_COMMANDS)))
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - set(SELF_HELP_COMMANDS)))
 def test_command_help_is_short_and_loads_no_torch(name):
     done = _python(
         f"import sys\nfrom atjt_dist.main import main\nassert main([{name!r}, '--help']) == 0\nassert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -38,6 +42,15 @@ def test_command_help_is_short_and_loads_no_torch(name):
     assert lines[0] == f"usage: atjt {name} [--config FILE] [--section.key=value ...]"
     assert len(lines) < 45 and max(map(len, lines)) < 160
     assert "--model.name NAME" in done.stdout and "docs/config.md" in done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SELF_HELP_COMMANDS))
+def test_commands_printing_their_own_help_load_no_torch(name):
+    done = _python(
+        f"import sys\nfrom atjt_dist.main import main\nassert main([{name!r}, '--help']) == 0\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ") and max(map(len, done.stdout.splitlines())) < 160
 
 
 def test_commands_with_their_own_options_show_them(capsys):
@@ -60,6 +73,111 @@ def test_python_m_train_help_loads_no_torch():
 
 def test_every_command_module_has_main_and_a_usage_line():
     for name, (module, _) in COMMANDS.items():
-        assert "python -m" in module_doc(module) or name in ARGPARSE_COMMANDS, name
-    for name in ARGPARSE_COMMANDS:  # these import their argparse parsers, which print their own help
+        assert "python -m" in module_doc(module) or name in SELF_HELP_COMMANDS, name
+    for name in SELF_HELP_COMMANDS:  # these print their own help, with their options
         assert callable(importlib.import_module(COMMANDS[name][0]).main)
+
+
+# ---------------------------------------------------------------------------------------------
+# A command's own options (atjt_dist.command_options)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Options:
+    """Options of every kind the commands use."""
+
+    share: float = option(0.3, "a share")
+    count: int = option(2, "a count")
+    root: Optional[Path] = option(None, "a directory", metavar="DIR")
+    include_last: bool = option(False, "a switch")
+    names: list[str] = option(["a", "b"], "names", choices=("a", "b", "c"))
+    seeds: list[int] = option([], "seeds")
+    new_name: int = option(0, "renamed", aliases=("--old-name",))
+
+
+def test_command_options_take_both_spellings_and_leave_config_flags():
+    from atjt_dist.config import build_config  # the same coercion as the options: 1e-3 is a float
+
+    argv = ["--share=1e-3", "--train.lr", "1e-3", "--count", "5", "--root", "~/data", "--seed=7", "--names", "c,a", "--seeds=1,2"]
+    opts = pop_command_options(argv, _Options)
+    assert opts.share == 0.001 and opts.count == 5 and opts.root == Path("~/data").expanduser()
+    assert opts.names == ["c", "a"] and opts.seeds == [1, 2] and opts.include_last is False
+    assert argv == ["--train.lr", "1e-3", "--seed=7"]  # the config flags, in order, for build_config
+    cfg = build_config(argv)
+    assert cfg.train.lr == 0.001 and cfg.seed == 7
+
+    defaults = pop_command_options([], _Options)
+    assert defaults.share == 0.3 and defaults.names == ["a", "b"] and defaults.seeds == [] and defaults.root is None
+
+
+def test_command_options_switches_underscores_aliases_and_repeats():
+    for argv, expected in ((["--include-last"], True), (["--include-last=false"], False), (["--include_last=true"], True), (["--no-include-last"], False)):
+        assert pop_command_options(argv, _Options).include_last is expected and argv == []
+    argv = ["--include-last", "--count=1"]  # a switch followed by another option takes no value
+    assert pop_command_options(argv, _Options).include_last is True and argv == []
+    assert pop_command_options(["--count=1", "--count", "4"], _Options).count == 4  # the last wins
+    assert pop_command_options(["--old-name=3"], _Options).new_name == 3
+    assert pop_command_options(["--new-name=1", "--old-name=3"], _Options).new_name == 1  # the field's own flag wins
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--share=abc"], "--share: expected float, got 'abc'"),
+        (["--count=1.5"], "--count: expected int, got '1.5'"),
+        (["--seeds=1,x"], "--seeds: expected list of int, got '1,x'"),
+        (["--include-last=maybe"], "--include-last: expected bool"),
+        (["--names=a,z"], "--names: unknown z; expected some of a, b, c"),
+        (["--names="], "--names needs a comma-separated list"),
+        (["--count"], "--count needs a value (int)"),
+        (["--count", "--share=1"], "--count needs a value (int)"),
+    ],
+)
+def test_command_option_errors_name_the_flag(argv, message):
+    from atjt_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        pop_command_options(argv, _Options)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_commands_keep_their_option_rules():
+    from atjt_dist.commands.audit import AuditOptions
+    from atjt_dist.commands.reproduce import ReproduceOptions
+    from atjt_dist.commands.score import ScoreOptions
+    from atjt_dist.errors import ConfigError
+
+    audit = pop_command_options(["--data", "d", "--seed", "3", "--include-last"], AuditOptions)
+    assert audit.noise_seed == 3 and audit.include_last and audit.methods == ["base", "tce", "rce", "atjt"]
+    with pytest.raises(ConfigError, match="--data DIR is required"):
+        pop_command_options([], AuditOptions)
+    with pytest.raises(ConfigError, match="--methods: unknown nope; expected some of base"):
+        pop_command_options(["--data", "d", "--methods=base,nope"], AuditOptions)
+    for flag in ("--run-dir", "--run_dir"):
+        assert str(pop_command_options([f"{flag}=out"], ReproduceOptions).run_dir) == "out"
+    with pytest.raises(ConfigError, match="--seed is chosen per cell by the grid"):
+        pop_command_options(["--seed=1"], ReproduceOptions)
+    for flag in ("--data.path", "--data"):  # --data: the older spelling, still read
+        argv = ["--run", "r", "--output", "o.parquet", flag, "ds", "--dist.device=cpu"]
+        assert str(pop_command_options(argv, ScoreOptions).data) == "ds" and argv == ["--dist.device=cpu"]
+
+
+OWN_FLAGS = [("compare", ("--methods NAME,...", "--seeds N,...")), ("audit", ("--user-share X", "--include-last")), ("score", ("--data.path DIR",))]
+
+
+@pytest.mark.parametrize("module, flags", OWN_FLAGS)
+def test_python_m_command_help_lists_its_options_and_loads_no_torch(module, flags):
+    done = _python(f"import sys\nfrom atjt_dist.{module} import main\nassert main(['--help']) == 0\nassert 'torch' not in sys.modules, 'torch was imported'\n")
+    assert done.returncode == 0, done.stderr
+    own, config = done.stdout.index("Options of this command"), done.stdout.index("Most used config flags")
+    assert own < config and all(done.stdout.index(flag) < config for flag in flags), done.stdout
+    assert "(default: " in done.stdout[own:config]
+    if module == "score":
+        assert "--data DIR" not in done.stdout  # only --data.path is documented
+
+
+def test_command_option_error_is_one_line_and_status_2():
+    done = subprocess.run([sys.executable, "-m", "atjt_dist.compare", "--seeds=1,x"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "python -m atjt_dist.compare: error: --seeds: expected list of int, got '1,x'\n"

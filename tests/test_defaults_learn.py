@@ -2,13 +2,22 @@
 the popularity ranker on a real prepared dataset (ml-100k from ../shared/data).
 
 The models train with their default config (sliding mode, lr 0.05, 4 epochs per phase) except
-two things, stated here because CI's budget forces them: ATJT is off (the defaults' recommender
+three things, stated here because CI's budget forces them: ATJT is off (the defaults' recommender
 settings are what is tested; ATJT's own defaults are covered by tests/test_oracle.py and the
-recogniser tests) and each run stops after STEP_CAP[model] steps (the default schedule on
-ml-100k is 1,240 steps), with the margin over popularity required all the same. Measured at 300
-steps (AUC vs popularity 0.538): din 0.720, dcn 0.665, wide_deep 0.727, sasrec 0.774, fearec
-0.678, s3rec 0.749 (0.477 for FEARec at 120 steps: it needs the 300); S3Rec costs 0.3-1 s a
-step here, hence its smaller cap (150 steps passed).
+recogniser tests); each run stops after STEP_CAP[model] steps (the default schedule on ml-100k
+is 1,240 steps), with the margin over popularity required all the same; and the learning rate is
+constant, because train.lr_decay scales to the steps actually run, so a capped run would spend
+its second half at a rate falling to 0 (FEARec at 300 steps: AUC 0.508-0.572 with the decay, 0.613
+without; 0.75 over the full 4 + 4 epochs in docs/results.md, ml-100k table). Measured at 300
+steps with a constant rate (AUC vs popularity 0.538): din 0.720, dcn 0.665, wide_deep 0.727,
+sasrec 0.774, fearec 0.613-0.678, s3rec 0.749 (0.477 for FEARec at 120 steps: it needs the 300);
+S3Rec costs 0.3-1 s a step here, hence its smaller cap (150 steps passed). FEARec at 300 steps
+with one thread: 0.537, at popularity; at 600: 0.714 (and 0.765 over the full default schedule),
+hence its larger cap.
+
+The runs use one torch thread: with two, SASRec's and FEARec's results vary from process to
+process (FEARec at 20 steps: AUC 0.479, 0.482, 0.514 in three fresh processes; DIN's do not),
+which a threshold test cannot live with; the cause is open (docs/results.md, Determinism).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import sys
 import pytest
 from conftest import shared_file
 
-STEP_CAP = {"din": 300, "dcn": 300, "wide_deep": 300, "sasrec": 300, "fearec": 300, "s3rec": 150}
+STEP_CAP = {"din": 300, "dcn": 300, "wide_deep": 300, "sasrec": 300, "fearec": 600, "s3rec": 150}
 MARGIN = 0.05
 
 
@@ -36,9 +45,19 @@ def ml100k(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["din", "dcn", "wide_deep", "sasrec", "fearec", "s3rec"])
-def test_default_config_beats_popularity(ml100k, tmp_path, model):
+def test_default_config_beats_popularity(ml100k, tmp_path, model, one_thread):
     from atjt_dist import train
 
     run = tmp_path / model
@@ -47,6 +66,7 @@ def test_default_config_beats_popularity(ml100k, tmp_path, model):
         f"--model.name={model}",
         "--atjt.enabled=false",
         f"--train.max_steps={STEP_CAP[model]}",
+        "--train.lr_decay=none",
         "--no-train.progress_bar",
         "--no-log.tensorboard",
         "--checkpoint.every=0",

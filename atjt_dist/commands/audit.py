@@ -3,10 +3,11 @@ each method on the noisy copy, and measure both the recommendations and how well
 per-user scores find the noisy users.
 
     python -m atjt_dist.audit --data DIR [--noise-kind random|popular|foreign|insert] [--user-share 0.3]
-        [--item-share 0.3] [--seed 0] [--include-last] [--methods base,tce,rce,atjt]
+        [--item-share 0.3] [--noise-seed 0] [--include-last] [--methods base,tce,rce,atjt]
         [--seeds 42,43] [--config FILE] [--section.key=value ...]
 
-Here ``--seed`` is the noise seed; the training seeds are ``--seeds`` (default: the config's seed).
+``--noise-seed`` (older name: ``--seed``) seeds the noise; the training seeds are ``--seeds``
+(default: the config's seed).
 
 1. The noisy copy. Of the *training* users of the split (data.split must be kfold: users outside
    data.fold), ``round(user_share * E)`` eligible ones get ``max(1, round(item_share * (n - 1)))``
@@ -55,27 +56,41 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
 from ..cli import run_cli
-from ..collectives import global_sum
+from ..command_options import option, pop_command_options
 from ..config import Config, ConfigError, build_config
 from ..data.layout import DatasetError, read_meta
-from ..data.noise import plant_into_dataset
-from ..metrics import binary_auc
-from ..runlog import choose_run_dir, setup_logging, write_json
-from .compare import METHODS, _mean_std, _pop_list
+from .compare import METHODS, _mean_std
+
+# torch, the trainer and the noise planter (numba) are imported where they are used: --help and
+# option errors answer without loading them.
 
 log = logging.getLogger("atjt_dist")
 
 #: what each method's own per-user score is (see the module docstring)
 OWN_SCORE = {"atjt": "recogniser weight", "tce": "-mean loss", "rce": "mean R-CE weight", "base": "-mean loss"}
+#: atjt_dist.data.noise.NOISE_KINDS, spelled out to check --noise-kind without importing the planter
+NOISE_KINDS = ("random", "popular", "foreign", "insert")
+
+
+@dataclass
+class AuditOptions:
+    """The audit's own options, taken out of argv before the rest is read as the config."""
+
+    data: Optional[Path] = option(None, "the prepared dataset to copy with noise", metavar="DIR", required=True)
+    noise_kind: str = option("random", "what replaces (or, insert: joins) a noisy user's items", metavar="KIND", choices=NOISE_KINDS)
+    user_share: float = option(0.3, "share of the eligible training users that get noise", metavar="X")
+    item_share: float = option(0.3, "share of a noisy user's history items replaced (or inserted)", metavar="X")
+    noise_seed: int = option(0, "the noise's seed; its older name --seed works too", aliases=("--seed",))
+    include_last: bool = option(False, "noise may replace the last item too (insert: may follow it)")
+    methods: list[str] = option(["base", "tce", "rce", "atjt"], "the methods trained on the noisy copy", metavar="NAME,...", choices=tuple(METHODS))
+    seeds: list[int] = option([], "the training seeds (default: the config's seed)", metavar="N,...")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +101,10 @@ OWN_SCORE = {"atjt": "recogniser weight", "tce": "-mean loss", "rce": "mean R-CE
 def ensure_noisy_copy(source: Path, output: Path, settings: dict, is_main: bool) -> dict:
     """The noisy copy at ``output``: reused when it exists with the same settings, else written
     (by rank 0; the others wait at a barrier)."""
+    import torch.distributed as dist
+
+    from ..data.noise import plant_into_dataset
+
     keys = ("kind", "user_share", "item_share", "seed", "fold", "include_last")
     if is_main:
         existing = same_source = None
@@ -118,13 +137,23 @@ def ensure_noisy_copy(source: Path, output: Path, settings: dict, is_main: bool)
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def positive_scores(trainer, rows_per_batch: int = 8192) -> dict[str, np.ndarray]:
     """Per training user, under the trainer's recommender: the mean positive BCE ("loss") and
     the mean R-CE weight sigmoid(x)^beta ("rce_weight") over the user's training samples (in
     the run's data.mode), and the sample count ("count"); arrays over all users (NaN for users
     without samples). A collective: every rank calls it and gets the same arrays.
     """
+    import torch
+
+    with torch.no_grad():
+        return _positive_scores(trainer, rows_per_batch)
+
+
+def _positive_scores(trainer, rows_per_batch: int) -> dict[str, np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    from ..collectives import global_sum
     from ..data.dataset import rank_slice
     from ..models.batch import SequenceBatch
 
@@ -159,6 +188,11 @@ def positive_scores(trainer, rows_per_batch: int = 8192) -> dict[str, np.ndarray
 
 def recogniser_weights(trainer) -> np.ndarray:
     """The cross-fitted recogniser weight of every training user (NaN elsewhere), on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    from ..collectives import global_sum
+
     users, weights = trainer.score_training_users()
     out = torch.full((int(trainer.data.meta["num_users"]),), float("nan"), dtype=torch.float64, device=trainer.ctx.device)
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -175,6 +209,10 @@ def recogniser_weights(trainer) -> np.ndarray:
 
 def noise_audit(trainer, method: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The noise AUCs of a trained run and the per-user scores behind them (a collective)."""
+    import torch
+
+    from ..metrics import binary_auc
+
     noisy = trainer.data.arrays.noise_users
     if noisy is None:
         raise DatasetError(f"{trainer.data.arrays.path} has no planted-noise ground truth (noise.parquet)")
@@ -227,6 +265,7 @@ def _write_user_scores(path: Path, columns: dict[str, np.ndarray]) -> None:
 def run_method(cfg: Config, ctx, run_dir: Path, method: str) -> dict:
     """Train one method on the noisy copy, evaluate it, audit its scores; returns the record
     that audit.json holds (test metrics and the noise audit)."""
+    from ..runlog import write_json
     from ..trainer import run_training
 
     cfg.run_dir = str(run_dir)
@@ -271,67 +310,13 @@ def summarise(results: dict[str, dict[int, dict]], k: int) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", data
 
 
-def _pop_value(argv: list[str], flag: str, default, convert=str):
-    for i, arg in enumerate(argv):
-        if arg == flag or arg.startswith(flag + "="):
-            if "=" in arg:
-                raw = arg.split("=", 1)[1]
-                del argv[i]
-            else:
-                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                    raise ConfigError(f"{flag} needs a value")
-                raw = argv[i + 1]
-                del argv[i : i + 2]
-            try:
-                return convert(raw)
-            except ValueError:
-                raise ConfigError(f"{flag}: cannot read {raw!r}") from None
-    return default
-
-
-def _pop_flag(argv: list[str], flag: str) -> bool:
-    if flag in argv:
-        argv.remove(flag)
-        return True
-    return False
-
-
-@dataclass
-class _AuditOptions:
-    """The audit's own options, taken out of argv before the rest is read as the config."""
-
-    source: Path  #: --data: the prepared dataset to copy with noise
-    kind: str  #: --noise-kind
-    user_share: float  #: --user-share
-    item_share: float  #: --item-share
-    noise_seed: int  #: --noise-seed (or its older name --seed)
-    include_last: bool  #: --include-last
-    methods: list[str]  #: --methods
-    seeds: list[str]  #: --seeds (empty: the config's seed)
-
-
-def _pop_audit_options(argv: list[str]) -> _AuditOptions:
-    """Take the audit's own options out of ``argv`` (in place), with their defaults."""
-    source = _pop_value(argv, "--data", None)
-    if source is None:
-        raise ConfigError("--data DIR (a prepared dataset directory) is required")
-    kind = _pop_value(argv, "--noise-kind", "random")
-    user_share = _pop_value(argv, "--user-share", 0.3, float)
-    item_share = _pop_value(argv, "--item-share", 0.3, float)
-    noise_seed = _pop_value(argv, "--seed", None, int)
-    noise_seed = _pop_value(argv, "--noise-seed", 0 if noise_seed is None else noise_seed, int)
-    include_last = _pop_flag(argv, "--include-last")
-    methods = _pop_list(argv, "--methods", ["base", "tce", "rce", "atjt"])
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
-    seeds = _pop_list(argv, "--seeds", [])
-    return _AuditOptions(Path(source), kind, user_share, item_share, noise_seed, include_last, methods, seeds)
-
-
 def _run_or_reuse(root: Path, base_cfg: Config, ctx, method: str, seed: int) -> dict:
     """The audit.json record of one method x seed: read when the run finished before, else
     trained now (in a fresh run directory)."""
+    import torch.distributed as dist
+
+    from ..runlog import setup_logging
+
     run_dir = root / f"{method}-seed{seed}"
     if (run_dir / "audit.json").is_file():
         if ctx.is_main:
@@ -361,6 +346,8 @@ def _run_or_reuse(root: Path, base_cfg: Config, ctx, method: str, seed: int) -> 
 
 def _write_report(root: Path, source: Path, base_cfg: Config, noise: dict, results: dict[str, dict[int, dict]], command: str) -> None:
     """RUN_DIR/audit.md (a header on the noise, then the table) and audit.json; prints the table."""
+    from ..runlog import write_json
+
     table, data = summarise(results, base_cfg.eval.k)
     src_meta = read_meta(source)
     header = (
@@ -384,21 +371,22 @@ def _write_report(root: Path, source: Path, base_cfg: Config, noise: dict, resul
 
 def _main(argv: list[str]) -> int:
     from ..distributed import init_distributed, shutdown
+    from ..runlog import choose_run_dir, setup_logging
 
     argv = list(argv)
     command = "python -m atjt_dist.audit " + " ".join(argv)
-    opts = _pop_audit_options(argv)
+    opts = pop_command_options(argv, AuditOptions)
     base_cfg: Config = build_config(argv)
-    seeds = [int(s) for s in opts.seeds] or [base_cfg.seed]
+    seeds = opts.seeds or [base_cfg.seed]
     if base_cfg.data.split != "kfold":
         raise ConfigError("the audit needs data.split=kfold: with leave-one-out every user is a test user, so noise would reach the test data")
-    read_meta(opts.source)  # a clear error for a directory that is not a dataset
+    read_meta(opts.data)  # a clear error for a directory that is not a dataset
 
     ctx = init_distributed(base_cfg.dist)
     root = choose_run_dir(base_cfg.run_dir, base_cfg.model.name, "audit")
     setup_logging(root, ctx.is_main)
     settings = dict(
-        kind=opts.kind,
+        kind=opts.noise_kind,
         user_share=opts.user_share,
         item_share=opts.item_share,
         seed=opts.noise_seed,
@@ -407,12 +395,12 @@ def _main(argv: list[str]) -> int:
     )
     results: dict[str, dict[int, dict]] = {m: {} for m in opts.methods}
     try:
-        noise = ensure_noisy_copy(opts.source, root / "data", settings, ctx.is_main)
+        noise = ensure_noisy_copy(opts.data, root / "data", settings, ctx.is_main)
         for seed in seeds:
             for method in opts.methods:
                 results[method][seed] = _run_or_reuse(root, base_cfg, ctx, method, seed)
         if ctx.is_main:
-            _write_report(root, opts.source, base_cfg, noise, results, command)
+            _write_report(root, opts.data, base_cfg, noise, results, command)
     finally:
         shutdown(ctx)
     return 0
@@ -420,7 +408,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.audit", __doc__)
+    return run_cli(_main, argv, "python -m atjt_dist.audit", __doc__, AuditOptions)
 
 
 if __name__ == "__main__":

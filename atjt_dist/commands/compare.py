@@ -16,12 +16,11 @@ import copy
 import math
 import statistics
 import sys
+from dataclasses import dataclass
 
 from ..cli import run_cli
-from ..config import Config, ConfigError, build_config
-from ..distributed import init_distributed, shutdown
-from ..runlog import choose_run_dir, write_json
-from ..trainer import run_training
+from ..command_options import option, pop_command_options
+from ..config import Config, build_config
 
 
 def _objective(name: str):
@@ -40,16 +39,12 @@ METHODS = {
 REPORTED = ("auc", "hr@{k}", "ndcg@{k}")
 
 
-def _pop_list(argv: list[str], flag: str, default: list[str]) -> list[str]:
-    for i, arg in enumerate(argv):
-        if arg == flag or arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-            del argv[i : i + (1 if "=" in arg else 2)]
-            items = [v.strip() for v in value.split(",") if v.strip()]
-            if not items:
-                raise ConfigError(f"{flag} needs a comma-separated list")
-            return items
-    return default
+@dataclass
+class CompareOptions:
+    """compare's own options (the rest of the command line is the config)."""
+
+    methods: list[str] = option(["base", "atjt"], "the methods to train, each on the same data and seeds", metavar="NAME,...", choices=tuple(METHODS))
+    seeds: list[int] = option([], "the training seeds (default: the config's seed)", metavar="N,...")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -107,17 +102,16 @@ def paired_differences(results: dict[str, dict[int, dict]], k: int, reference: s
 
 
 def _main(argv: list[str]) -> int:
+    # Imported here: --help and option errors answer without loading torch.
+    from ..distributed import init_distributed, shutdown
+    from ..runlog import choose_run_dir, write_json
+    from ..trainer import run_training
+
     argv = list(argv)
-    methods = _pop_list(argv, "--methods", ["base", "atjt"])
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
-    seed_args = _pop_list(argv, "--seeds", [])
+    opts = pop_command_options(argv, CompareOptions)
+    methods = opts.methods
     base_cfg: Config = build_config(argv)
-    try:
-        seeds = [int(s) for s in seed_args] or [base_cfg.seed]
-    except ValueError:
-        raise ConfigError(f"--seeds: expected integers, got {','.join(seed_args)}") from None
+    seeds = opts.seeds or [base_cfg.seed]
     ctx = init_distributed(base_cfg.dist)
     root = choose_run_dir(base_cfg.run_dir, base_cfg.model.name, "compare")
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
@@ -149,7 +143,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.compare", __doc__)
+    return run_cli(_main, argv, "python -m atjt_dist.compare", __doc__, CompareOptions)
 
 
 if __name__ == "__main__":

@@ -44,25 +44,49 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import torch.distributed as dist
+from typing import ClassVar, Optional
 
 from ..cli import run_cli
+from ..command_options import option, pop_command_options
 from ..config import Config, ConfigError, build_config
 from ..data.layout import DatasetError, read_meta
-
-# The popularity ranker lives with the metrics (Trainer.evaluate scores it too); re-exported here.
-from ..metrics import popularity_metrics, training_popularity  # noqa: F401
-from ..runlog import setup_logging, write_json
-from .compare import METHODS, _pop_list
+from .compare import METHODS
 
 log = logging.getLogger("atjt_dist")
 
 MODELS = ("din", "dcn", "wide_deep", "fearec", "sasrec", "s3rec")
-DEFAULT_GRID = Path(__file__).resolve().parents[1] / "configs" / "grid"
+DEFAULT_GRID = Path(__file__).resolve().parents[2] / "configs" / "grid"  # the repository's configs/grid
 POPULARITY = "popularity"
+#: the popularity ranker lives with the metrics (Trainer.evaluate scores it too); re-exported here
+_FROM_METRICS = ("popularity_metrics", "training_popularity")
+
+
+def __getattr__(name: str):
+    """The re-exported popularity ranker, imported on first use: the metrics load torch, which
+    --help and option errors do without."""
+    if name in _FROM_METRICS:
+        from .. import metrics
+
+        return getattr(metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass
+class ReproduceOptions:
+    """reproduce's own options (the rest of the command line is config overrides for every cell)."""
+
+    #: config flags the grid sets per cell
+    refused: ClassVar[dict[str, str]] = dict.fromkeys(("--seed", "--config"), "is chosen per cell by the grid: use --seeds, and --grid-dir for other configs")
+
+    datasets: list[str] = option(["ml-100k", "beauty"], "the datasets: the DATASET of configs/grid/DATASET-MODEL.yaml", metavar="NAME,...")
+    models: list[str] = option(list(MODELS), "the base models", metavar="NAME,...")
+    methods: list[str] = option(["base", "atjt"], "the methods of every cell", metavar="NAME,...", choices=tuple(METHODS))
+    seeds: list[int] = option([42], "the seeds of every cell", metavar="N,...")
+    data_root: Path = option(Path("."), "the directory the grid configs' data.path are relative to", metavar="DIR")
+    run_dir: Path = option(Path("runs/reproduce"), "where the grid's runs and tables go", metavar="DIR")
+    grid_dir: Optional[Path] = option(None, "the grid configs (default: the repository's configs/grid)", metavar="DIR")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +118,8 @@ def run_is_finished(run_dir: Path) -> bool:
 
 
 def _barrier() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
@@ -114,6 +140,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, is_main: bool) -> None:
 
 def ensure_pretrained(cfg: Config, pre_dir: Path, is_main: bool) -> Path:
     """S3Rec's pre-training checkpoint for this dataset and seed (run once, then reused)."""
+    from ..runlog import setup_logging, write_json
     from .pretrain import pretrain
 
     path = pre_dir / "pretrain.pt"
@@ -259,39 +286,15 @@ def below_popularity(summary: dict, popularity: dict, k: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pop_path(argv: list[str], flag: str, default: Optional[str]) -> Optional[str]:
-    for i, arg in enumerate(argv):
-        if arg == flag or arg.startswith(flag + "="):
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-                del argv[i]
-            else:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"{flag} needs a value")
-                value = argv[i + 1]
-                del argv[i : i + 2]
-            return value
-    return default
-
-
 def _main(argv: list[str]) -> int:
     from ..distributed import init_distributed, shutdown
+    from ..runlog import setup_logging
 
     argv = list(argv)
     command = "python -m atjt_dist.reproduce " + " ".join(argv)
-    datasets = _pop_list(argv, "--datasets", ["ml-100k", "beauty"])
-    models = _pop_list(argv, "--models", list(MODELS))
-    methods = _pop_list(argv, "--methods", ["base", "atjt"])
-    seeds = [int(s) for s in _pop_list(argv, "--seeds", ["42"])]
-    data_root = Path(_pop_path(argv, "--data-root", ".")).expanduser()
-    root = Path(_pop_path(argv, "--run-dir", None) or _pop_path(argv, "--run_dir", None) or "runs/reproduce")
-    grid_dir = Path(_pop_path(argv, "--grid-dir", str(DEFAULT_GRID)))
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
-    for flag in ("--seed", "--config"):
-        if any(a == flag or a.startswith(flag + "=") for a in argv):
-            raise ConfigError(f"{flag} is chosen per cell by the grid: use --seeds, and --grid-dir for other configs")
+    opts = pop_command_options(argv, ReproduceOptions)
+    datasets, models, methods, seeds, data_root, root = opts.datasets, opts.models, opts.methods, opts.seeds, opts.data_root, opts.run_dir
+    grid_dir = opts.grid_dir or DEFAULT_GRID
 
     # Every cell's config and dataset is checked before anything runs.
     configs = {(d, m): cell_config(grid_dir, d, m, argv, data_root) for d in datasets for m in models}
@@ -349,6 +352,9 @@ def _main(argv: list[str]) -> int:
 
 def write_results(root: Path, runs: dict, configs: dict, methods: list[str], seeds: list[int], k: int, command: str) -> tuple[str, dict]:
     """Write RUN_DIR/results.md and results.json from the finished runs; returns both."""
+    from ..metrics import popularity_metrics
+    from ..runlog import write_json
+
     popularity = {}
     for (dataset, _model), cfg in configs.items():
         if dataset not in popularity:
@@ -395,7 +401,7 @@ def write_results(root: Path, runs: dict, configs: dict, methods: list[str], see
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    return run_cli(_main, argv, "python -m atjt_dist.reproduce", __doc__)
+    return run_cli(_main, argv, "python -m atjt_dist.reproduce", __doc__, ReproduceOptions)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Export every training user's noise score from a trained ATJT run:
 
-    python -m atjt_dist.score --run RUN_DIR --data DIR --output FILE.parquet [--section.key=value ...]
+    python -m atjt_dist.score --run RUN_DIR --output FILE.parquet [--data.path DIR] [--checkpoint DIR] [--section.key=value ...]
 
 Each training user's sequence weight w = P(clean) comes from the recogniser that did *not* train
 on that user (the recogniser of the user's own part: ``Trainer.score_training_users``), on the
@@ -27,7 +27,7 @@ Weights. The trained weights are read from RUN_DIR/model (the torch.distributed.
 ``Trainer.finish`` writes), or, for a run that has not finished, from the newest committed
 checkpoint in RUN_DIR/checkpoints (atjt_dist/checkpoint.py; its model part only); ``--checkpoint
 DIR`` picks one explicitly. The run's config is RUN_DIR/config.yaml with data.path replaced by
-``--data`` (and any ``--section.key=value`` override, e.g. ``--dist.device=cpu``); the trainer
+``--data.path`` when given (and any ``--section.key=value`` override, e.g. ``--dist.device=cpu``); the trainer
 built from it writes nothing into RUN_DIR (its run directory is a temporary one, removed at the
 end).
 
@@ -41,28 +41,40 @@ weights, and a dataset whose sizes (users, items, categories) differ from the ru
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch.distributed as dist
 
-from ..cli import USER_ERRORS
+from ..cli import run_cli
+from ..command_options import option, pop_command_options
 from ..config import Config, ConfigError, build_config
 from ..data.layout import DatasetError, read_meta
-from ..objective import objective_name
 
 log = logging.getLogger("atjt_dist")
 
 PROG = "python -m atjt_dist.score"
+
+
+@dataclass
+class ScoreOptions:
+    """score's own options (the rest of the command line is config overrides of the run's config)."""
+
+    run: Optional[Path] = option(None, "the run directory of a finished (or checkpointed) ATJT run", metavar="RUN_DIR", required=True)
+    output: Optional[Path] = option(None, "the Parquet file to write", metavar="FILE", required=True)
+    # --data is the flag's older spelling, kept so that existing scripts keep working.
+    data: Optional[Path] = option(
+        None, "the dataset directory the run trained on (default: the run's data.path)", metavar="DIR", flag="--data.path", aliases=("--data",)
+    )
+    checkpoint: Optional[Path] = option(None, "a checkpoint directory to read instead of RUN_DIR/model", metavar="DIR")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +97,8 @@ def load_run_config(run_dir: Path, data: Optional[str | Path] = None, overrides:
     if data is not None:
         argv.append(f"--data.path={data}")
     cfg = build_config(argv, config_file=config_file)
+    from ..objective import objective_name  # torch: imported once the command line is read
+
     if objective_name(cfg) != "atjt":
         from ..trainer import method_name
 
@@ -179,6 +193,8 @@ def load_weights(trainer, weights: Path, kind: str) -> None:
 
 def gather_to_main(*arrays: np.ndarray) -> Optional[list[np.ndarray]]:
     """Concatenate each array over ranks on rank 0 (None on the other ranks)."""
+    import torch.distributed as dist
+
     if dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, arrays)
@@ -322,34 +338,19 @@ def score_run(
         shutdown(ctx)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.strip().splitlines()[0])
-    p.add_argument("--run", required=True, help="the run directory of a finished (or checkpointed) ATJT run")
-    p.add_argument("--data", help="the dataset directory the run trained on (default: the run's data.path)")
-    p.add_argument("--output", required=True, help="the Parquet file to write")
-    p.add_argument("--checkpoint", help="a checkpoint directory to read instead of RUN_DIR/model")
-    return p
+def _main(argv: list[str]) -> int:
+    argv = list(argv)
+    opts = pop_command_options(argv, ScoreOptions)
+    table = score_run(opts.run, opts.output, opts.data, argv, opts.checkpoint)
+    if table is not None:
+        noisy = f", {int(np.sum(table.column('noisy').to_numpy()))} with planted noise" if "noisy" in table.column_names else ""
+        print(f"{table.num_rows} training users{noisy}; most suspicious first: {opts.output}")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """The CLI; unknown options are config overrides (--section.key=value)."""
-    args, rest = _parser().parse_known_args(argv)
-    try:
-        table = score_run(args.run, args.output, args.data, rest, args.checkpoint)
-    except USER_ERRORS as exc:
-        if os.environ.get("ATJT_DEBUG"):
-            raise
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    if table is not None:
-        noisy = f", {int(np.sum(table.column('noisy').to_numpy()))} with planted noise" if "noisy" in table.column_names else ""
-        print(f"{table.num_rows} training users{noisy}; most suspicious first: {args.output}")
-    return 0
+    """The CLI; options other than score's own are config overrides (--section.key=value)."""
+    return run_cli(_main, argv, PROG, __doc__, ScoreOptions)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ they never learned), Dice here is a module whose alpha and running statistics pe
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
 from ..config import ModelConfig
 from .base import ModelSpec, Recommender, xavier_init_
-from .batch import SequenceBatch, embed
+from .batch import Embedded, SequenceBatch, embed
 from .layers import MLP, TargetAttention
 
 
@@ -31,8 +33,17 @@ class DIN(Recommender):
         xavier_init_(self)
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        e = embed(self.embeddings, batch)
-        hist = torch.cat([e.hist, e.hist_cat], dim=-1)
-        target = torch.cat([e.target, e.target_cat], dim=-1)
-        pooled = self.attention(hist, target, e.mask)
-        return self.mlp(torch.cat([e.user, pooled, target], dim=-1)).squeeze(-1)
+        return din_logits(embed(self.embeddings, batch), self.attention, self.mlp)
+
+
+def din_logits(e: Embedded, attention: TargetAttention, mlp: MLP, history: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """DIN's scoring of looked-up rows, shared by the recommender and the paper's recogniser:
+    [item; category] history and target, the target attention's pooled history, and the MLP over
+    [user; pooled; target] -> logits [B]. ``history`` transforms the history vectors [B, L, 2D]
+    before the attention reads them (the position-aware recogniser adds its positions there)."""
+    hist = torch.cat([e.hist, e.hist_cat], dim=-1)
+    if history is not None:
+        hist = history(hist)
+    target = torch.cat([e.target, e.target_cat], dim=-1)
+    pooled = attention(hist, target, e.mask)
+    return mlp(torch.cat([e.user, pooled, target], dim=-1)).squeeze(-1)

@@ -22,6 +22,7 @@ import torch
 from ...config import RecognizerConfig
 from ..base import ModelSpec, xavier_init_
 from ..batch import SequenceBatch, embed, embedding_tables, make_embedding_collection
+from ..din import din_logits
 from ..layers import MLP, TargetAttention
 from .base import Recognizer, ReversePositions, user_lookup
 
@@ -46,10 +47,7 @@ class NoiseRecognizer(Recognizer):
     def forward_items(self, batch: SequenceBatch, frozen_user_rows: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(sequence logits [B], None): this network scores whole sequences only."""
         e = embed(user_lookup(self.embeddings, frozen_user_rows), batch)
-        hist = self.history(torch.cat([e.hist, e.hist_cat], dim=-1), batch)
-        target = torch.cat([e.target, e.target_cat], dim=-1)
-        pooled = self.attention(hist, target, e.mask)
-        return self.mlp(torch.cat([e.user, pooled, target], dim=-1)).squeeze(-1), None
+        return din_logits(e, self.attention, self.mlp, lambda hist: self.history(hist, batch)), None
 
 
 class PositionAwareRecognizer(NoiseRecognizer):
