@@ -31,6 +31,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import Dropout
@@ -66,7 +67,10 @@ class LearnedPositions(nn.Module):
     def forward(self, lengths: torch.Tensor, width: int, align: Align = "start") -> torch.Tensor:
         ids = position_ids(lengths, width, self.max_len, align)
         valid = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
-        return self.weight[ids] * valid[..., None].to(self.weight.dtype)
+        # F.embedding, not self.weight[ids]: the backward of advanced indexing (index_put_ with
+        # accumulate) sums repeated ids in a thread-dependent order on CPU, so two runs of the
+        # same seed drifted apart (docs/results.md, Determinism); embedding's backward does not.
+        return F.embedding(ids, self.weight) * valid[..., None].to(self.weight.dtype)
 
 
 def attention_mask(mask: torch.Tensor, causal: bool) -> torch.Tensor:

@@ -133,7 +133,7 @@ class ReversePositions(nn.Module):
     def forward(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         ids = reverse_position_ids(lengths, width, self.max_len)
         valid = (ids > 0)[..., None].to(self.weight.dtype)
-        return self.weight[ids] * valid
+        return F.embedding(ids, self.weight) * valid  # not weight[ids]: see models/transformer.py, LearnedPositions
 
 
 def log1mexp(a: torch.Tensor) -> torch.Tensor:

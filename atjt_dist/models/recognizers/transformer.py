@@ -160,7 +160,8 @@ class ItemLevelRecognizer(Recognizer):
         ids = reverse_position_ids(batch.lengths, batch.history_length, self.positions.max_len)[mask]
         hist = out["hist_item"].values() + out["hist_cat"].values()
         target = out["target_item"].values() + out["target_cat"].values()
-        return torch.cat([hist.to(dtype) + self.positions.weight[ids], target.to(dtype) + self.positions.weight[0]])
+        # F.embedding, not weight[ids]: a thread-independent backward (models/transformer.py, LearnedPositions)
+        return torch.cat([hist.to(dtype) + F.embedding(ids, self.positions.weight), target.to(dtype) + self.positions.weight[0]])
 
     def forward_items(self, batch: SequenceBatch, frozen_user_rows: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: ARG002
         """(sequence logits [B], item logits [B, L]); item logits are MAX_LOGIT at padding.
