@@ -13,8 +13,11 @@ import ast
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
-#: command -> (module, one-line summary). Commands whose own argparse prints their help.
+from .cli import invoked_as, print_help
+
+#: command -> (module, one-line summary)
 COMMANDS = {
     "train": ("atjt_dist.train", "train a base model, with ATJT or as the baseline"),
     "prepare": ("atjt_dist.data.prepare", "turn raw logs (MovieLens, Amazon, Yelp, sequences) into a dataset"),
@@ -31,12 +34,19 @@ COMMANDS = {
 SELF_HELP_COMMANDS = ("prepare", "synthetic", "report", "score", "compare", "audit", "reproduce")
 
 
-def overview() -> str:
+def program_name() -> str:
+    """How this dispatcher was started, as its usage lines show it: ``python -m atjt_dist`` when
+    run as that module, else ``atjt`` (the console script, or a call from Python)."""
+    started = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    return "python -m atjt_dist" if started == Path(__file__).with_name("__main__.py").resolve() else "atjt"
+
+
+def overview(prog: str = "atjt") -> str:
     """The top-level help: the commands and where to read more."""
     width = max(map(len, COMMANDS))
-    lines = ["usage: atjt <command> [options]", "", "commands:"]
+    lines = [f"usage: {prog} <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "atjt <command> --help: the command's options; every config key: docs/config.md."]
+    lines += ["", f"{prog} <command> --help: the command's options; every config key: docs/config.md."]
     return "\n".join(lines)
 
 
@@ -49,21 +59,21 @@ def module_doc(module: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (atjt)."""
+    prog = program_name() if argv is None else "atjt"
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(overview())
+        print(overview(prog))
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"atjt: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"{prog}: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = COMMANDS[name][0]
     if name not in SELF_HELP_COMMANDS and any(a in ("-h", "--help", "--help-all") for a in rest):
-        from .cli import print_help
-
-        print_help(f"atjt {name}", module_doc(module), full="--help-all" in rest)
+        print_help(f"{prog} {name}", module_doc(module), full="--help-all" in rest)
         return 0
-    return importlib.import_module(module).main(rest)
+    with invoked_as(f"{prog} {name}"):  # the command's usage line and errors say how it was started
+        return importlib.import_module(module).main(rest)
 
 
 if __name__ == "__main__":

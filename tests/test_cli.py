@@ -7,11 +7,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Literal, Optional
 
 import pytest
 
-from atjt_dist.command_options import option, pop_command_options
+from atjt_dist.command_options import describe_options, option, pop_command_options, usage_of
 from atjt_dist.main import COMMANDS, SELF_HELP_COMMANDS, main, module_doc
 
 
@@ -50,7 +50,8 @@ def test_commands_printing_their_own_help_load_no_torch(name):
         f"import sys\nfrom atjt_dist.main import main\nassert main([{name!r}, '--help']) == 0\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: ") and max(map(len, done.stdout.splitlines())) < 160
+    assert done.stdout.startswith(f"usage: atjt {name} ") and max(map(len, done.stdout.splitlines())) < 160
+    assert "Options of this command" in done.stdout
 
 
 def test_commands_with_their_own_options_show_them(capsys):
@@ -181,3 +182,91 @@ def test_command_option_error_is_one_line_and_status_2():
     done = subprocess.run([sys.executable, "-m", "atjt_dist.compare", "--seeds=1,x"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "python -m atjt_dist.compare: error: --seeds: expected list of int, got '1,x'\n"
+
+
+@dataclass
+class _WholeLine:
+    """A command that reads no config: positional arguments, spaced lists, tri-state switches."""
+
+    reads_config: ClassVar[bool] = False
+
+    inputs: list[Path] = option([], "inputs", metavar="IN", positional=True, required=True)
+    files: list[Path] = option([], "files", metavar="FILE", spaced=True)
+    kind: Literal["a", "b"] = option("a", "a kind")
+    dedup: Optional[bool] = option(None, "tri-state")
+    fold: Optional[int] = option(0, "a fold or none")
+    verbose: bool = option(False, "a switch")
+
+
+def test_whole_line_options_take_positionals_spaced_lists_and_words():
+    argv = ["x", "--files", "a b.csv", "007", "--verbose", "y", "--kind=b", "--no-dedup", "--fold", "None", "z"]
+    opts = pop_command_options(argv, _WholeLine)
+    assert argv == [] and opts.inputs == [Path("x"), Path("y"), Path("z")]  # a switch before a positional leaves it alone
+    assert opts.files == [Path("a b.csv"), Path("007")]  # separate arguments, taken as given (no comma split, no number)
+    assert opts.kind == "b" and opts.dedup is False and opts.fold is None and opts.verbose is True
+    opts = pop_command_options(["--verbose", "off", "--dedup", "x", "--fold=3"], _WholeLine)
+    assert (opts.verbose, opts.dedup, opts.fold, opts.inputs, opts.files) == (False, True, 3, [Path("x")], [])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "IN is required: inputs"),
+        (["x", "--bogus", "1"], "unknown option --bogus"),
+        (["x", "--kind", "c"], "--kind: expected one of 'a', 'b', got 'c'"),
+        (["x", "--files"], "--files needs a value"),
+        (["x", "--fold", "one"], "--fold: expected int or null, got 'one'"),
+    ],
+)
+def test_whole_line_option_errors(argv, message):
+    from atjt_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        pop_command_options(argv, _WholeLine)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_stray_argument_is_refused_where_nothing_takes_it():
+    from atjt_dist.errors import ConfigError
+
+    @dataclass
+    class NoPositionals:
+        reads_config: ClassVar[bool] = False
+        count: int = option(1, "a count")
+
+    @dataclass
+    class PositionalBesideConfig:
+        path: Optional[Path] = option(None, "a path", positional=True)
+
+    with pytest.raises(ConfigError, match="unexpected argument 'extra'"):
+        pop_command_options(["--count", "2", "extra"], NoPositionals)
+    with pytest.raises(TypeError, match="reads_config"):  # a config flag's value could not be told from a positional
+        pop_command_options([], PositionalBesideConfig)
+
+
+def test_whole_line_help_spells_every_kind_of_option():
+    rows = dict(describe_options(_WholeLine))
+    assert rows["IN [IN ...]"] == "inputs (required)" and rows["--files FILE [FILE ...]"] == "files"
+    assert rows["--kind CHOICE"] == "a kind; one of a, b (default: a)" and rows["--[no-]dedup"] == "tri-state" and "--verbose" in rows
+    assert usage_of(_WholeLine) == "[options] IN [IN ...]"
+    assert usage_of(_Options) == "[options]"
+
+
+# ---------------------------------------------------------------------------------------------
+# The name a command goes by: the way it was started
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_command_started_by_the_dispatcher_goes_by_its_name(capsys):
+    from atjt_dist.commands import report
+
+    assert main(["report", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: atjt report [options] RUN_DIR [RUN_DIR ...]\n")
+    assert main(["report", "--bogus"]) == 2
+    assert capsys.readouterr().err == "atjt report: error: unknown option --bogus (--help lists the options)\n"
+    assert report.main(["--help"]) == 0  # started on its own again: its module's name
+    assert capsys.readouterr().out.startswith("usage: python -m atjt_dist.report ")
+    done = subprocess.run([sys.executable, "-m", "atjt_dist", "prepare", "--format", "seqtxt"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("python -m atjt_dist prepare: error: --input PATH [PATH ...] is required"), done.stderr
+    done = subprocess.run([sys.executable, "-m", "atjt_dist", "compare", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m atjt_dist compare [options] [--config FILE]"), done.stdout

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from atjt_dist.command_options import pop_command_options
 from atjt_dist.data import prepare
 from atjt_dist.data.layout import open_arrays
 
@@ -372,10 +373,13 @@ def test_log_has_one_line_per_step_with_counts(tmp_path, capsys):
     assert f"wrote {tmp_path / 'o'}" in out
 
 
-def test_help_states_the_defaults():
-    text = prepare.build_parser().format_help()
+def test_help_states_the_defaults(capsys):
+    assert prepare.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m atjt_dist.data.prepare --format FORMAT --input PATH [PATH ...] --output DIR [options]\n")
     for expected in (
-        "default: 5",
+        "--min-user-interactions K iterative k-core: users keep >= K interactions (default: 5)",
+        "--[no-]dedup",
         "movielens on",
         "amazon on",
         "yelp off",
@@ -383,9 +387,41 @@ def test_help_states_the_defaults():
         "table off",
         "items keep >= K interactions (1 = no item filter) (default: 1)",
         "default: 64",
-        "popularity",
+        "one of popularity, uniform (default: popularity)",
+        "steps, in order: 1. read",
     ):
         assert expected in " ".join(text.split()), expected
+
+
+def test_options_keep_their_spellings_and_defaults():
+    """Every flag of the argparse version, with its default: a spaced --input, the --dedup/--no-dedup
+    tri-state, 'none' for an optional column, and --flag=value."""
+    argv = ["--format=table", "--input", "a.csv", "b.csv", "--output", "out", "--no-dedup", "--min-rating", "3.5", "--rating-col", "none"]
+    opts = pop_command_options(argv, prepare.PrepareOptions)
+    assert argv == [] and opts.format == "table" and opts.input == [Path("a.csv"), Path("b.csv")] and opts.output == Path("out")
+    assert opts.dedup is False and opts.min_rating == 3.5 and opts.rating_col is None
+    assert (opts.min_user_interactions, opts.min_item_interactions, opts.folds, opts.fold_seed) == (5, 1, 5, 0)
+    assert (opts.candidates, opts.candidate_sampler, opts.candidate_seed, opts.block_mb) == (64, "popularity", 0, 16)
+    assert (opts.user_col, opts.item_col, opts.time_col, opts.delimiter) == ("user", "item", "time", ",")
+    assert opts.amazon_csv_order is None and opts.category_col is None and not opts.overwrite and not opts.debug
+    assert pop_command_options(["--format", "seqtxt", "--input", "s", "--output", "o", "--dedup"], prepare.PrepareOptions).dedup is True
+    assert pop_command_options(["--format", "seqtxt", "--input", "s", "--output", "o"], prepare.PrepareOptions).dedup is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--input", "s", "--output", "o"], "--format FORMAT is required"),
+        (["--format", "seqtxt", "--output", "o"], "--input PATH [PATH ...] is required"),
+        (["--format", "seqtxt", "--input", "--output", "o"], "--input needs a value"),
+        (["--format", "seqtxt", "--input", "s", "--output", "o", "--folds", "two"], "--folds: expected int, got 'two'"),
+        (["--format", "seqtxt", "--input", "s", "--output", "o", "--candidate-sampler", "zipf"], "--candidate-sampler: unknown zipf"),
+        (["--format", "seqtxt", "--input", "s", "--output", "o", "--min-users", "2"], "unknown option --min-users"),
+    ],
+)
+def test_bad_options_are_one_line_naming_the_flag(tmp_path, capsys, argv, message):
+    code, _, err = run_main(capsys, *[tmp_path / a if a in ("o", "s") else a for a in argv])
+    assert_refused(code, err, tmp_path / "o", message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +432,7 @@ def test_help_states_the_defaults():
 def assert_refused(code: int, err: str, output: Path, message: str) -> None:
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prepare: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"{prepare.PROG}: error: "), err
     assert message in lines[0], lines[0]
     assert "Traceback" not in err
     assert not output.exists()
@@ -414,7 +450,7 @@ def test_cli_missing_file(tmp_path):
 
 def test_cli_unknown_format(tmp_path):
     done = run_cli("--format", "netflix", "--input", FIXTURES / "seqtxt" / "sequences.txt", "--output", tmp_path / "out")
-    assert_refused(done.returncode, done.stderr, tmp_path / "out", "invalid choice: 'netflix'")
+    assert_refused(done.returncode, done.stderr, tmp_path / "out", "--format: unknown netflix; expected one of movielens, amazon")
 
 
 def test_cli_unparsable_line_names_file_and_line(tmp_path):

@@ -256,6 +256,23 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main([str(tmp_path / "missing")]) == 2
 
 
+def test_report_options_are_run_dirs_and_output(tmp_path, capsys):
+    from atjt_dist.command_options import pop_command_options
+    from atjt_dist.commands.report import PROG, ReportOptions, main
+
+    argv = ["a", "--output", "out", "b"]  # the run directories may stand on either side of an option
+    opts = pop_command_options(argv, ReportOptions)
+    assert argv == [] and opts.run_dirs == [Path("a"), Path("b")] and opts.output == Path("out")
+    for argv, message in ((["--output", str(tmp_path)], "RUN_DIR is required"), ([str(tmp_path), "--outptu=x"], "unknown option --outptu")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"{PROG}: error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {PROG} [options] RUN_DIR [RUN_DIR ...]\n") and "--output DIR" in out and "--config" not in out
+
+
 # ---------------------------------------------------------------------------------------------
 # Units
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from atjt_dist.command_options import pop_command_options
 from atjt_dist.config import ConfigError, SyntheticConfig, build_config
 from atjt_dist.data import synthetic
 from atjt_dist.data.layout import open_arrays
@@ -620,9 +621,27 @@ def test_cli_parses_booleans_and_none(tmp_path):
 
 
 def test_cli_every_config_field_is_an_option():
-    parser = synthetic._parser()
-    options = {a.dest for a in parser._actions}
-    assert {f.name for f in dataclasses.fields(SyntheticConfig)} <= options
+    options = {f.name: f for f in dataclasses.fields(synthetic.SyntheticOptions)}
+    for f in dataclasses.fields(SyntheticConfig):
+        assert options[f.name].default == f.default and options[f.name].metadata["help"] == f.metadata["help"], f.name
+    assert {"output", "overwrite", "debug"} <= set(options)
+
+
+def test_cli_options_keep_their_spellings():
+    """The argparse version's values: booleans as words, 'none' for an optional field, a Literal's choices."""
+    for word, expected in (("false", False), ("no", False), ("0", False), ("off", False), ("TRUE", True), ("1", True), ("on", True)):
+        assert pop_command_options(["--noise-in-targets", word], synthetic.SyntheticOptions).noise_in_targets is expected
+    opts = pop_command_options(["--clean-test-fold", "none", "--cache-dir=null", "--noise-kind", "popular", "--users=-5"], synthetic.SyntheticOptions)
+    assert opts.clean_test_fold is None and opts.cache_dir is None and opts.noise_kind == "popular" and opts.users == -5
+    assert pop_command_options(["--no-noise-in-targets", "--overwrite"], synthetic.SyntheticOptions).noise_in_targets is False
+
+
+def test_cli_help_lists_the_generator_options(capsys):
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith(f"usage: {synthetic.PROG} [options] ")
+    expected = ("--output DIR", "--users N Number of users to generate. (default: 12800)", "one of random, popular, foreign, insert", "--[no-]noise-in-targets")
+    assert all(text in out for text in expected), out
 
 
 @pytest.mark.parametrize(
@@ -640,13 +659,9 @@ def test_cli_every_config_field_is_an_option():
 )
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv):
     out = tmp_path / "ds"
-    try:
-        code = main(["--output", str(out), *argv])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    assert code == 2
+    assert main(["--output", str(out), *argv]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error" in err
+    assert err.count("\n") == 1 and err.startswith(f"{synthetic.PROG}: error: ") and argv[0] in err  # the flag is named
     assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 

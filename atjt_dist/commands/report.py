@@ -29,18 +29,31 @@ reads the run files only (no torch), so it runs anywhere the runs are.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
+from ..cli import run_cli
+from ..command_options import option, pop_command_options
 from ..errors import ReportError
 from ..reporting.markdown import report_markdown
 from ..reporting.plots import plot_metrics, plot_training_curves, plot_user_weights, plot_weight_histograms
 from ..reporting.runs import Run, load_runs, metrics_by_group
 
-__all__ = ["Report", "ReportError", "Run", "build_report", "load_runs", "main", "metrics_by_group"]
+__all__ = ["Report", "ReportError", "ReportOptions", "Run", "build_report", "load_runs", "main", "metrics_by_group"]
+
+PROG = "python -m atjt_dist.report"
+
+
+@dataclass
+class ReportOptions:
+    """report's options: its whole command line (it reads run files, no config)."""
+
+    reads_config: ClassVar[bool] = False
+
+    run_dirs: list[Path] = option([], "run or compare directories", metavar="RUN_DIR", positional=True, required=True)
+    output: Optional[Path] = option(None, "output folder (default: the first RUN_DIR/report)", metavar="DIR")
 
 
 @dataclass
@@ -84,22 +97,16 @@ def build_report(paths: list[Path], output: Optional[Path] = None) -> Report:
     return Report(output=output, markdown=markdown, runs=runs, plots=plots, data=data)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Console entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m atjt_dist.report",
-        description=__doc__.strip().splitlines()[0],
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run or compare directories")
-    parser.add_argument("--output", type=Path, default=None, help="output folder (default: the first RUN_DIR/report)")
-    args = parser.parse_args(argv)
-    try:
-        report = build_report(args.run_dirs, args.output)
-    except (ReportError, FileNotFoundError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+def _main(argv: list[str]) -> int:
+    opts = pop_command_options(argv, ReportOptions)
+    report = build_report(opts.run_dirs, opts.output)
     print(f"report: {report.markdown} ({len(report.runs)} runs, {len(report.plots)} plots)")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point."""
+    return run_cli(_main, argv, PROG, __doc__, ReportOptions, errors=(ReportError,))
 
 
 if __name__ == "__main__":

@@ -36,18 +36,20 @@ traceback instead.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import pyarrow as pa
 
+from ..cli import run_cli
+from ..command_options import option, pop_command_options
 from ..files import sha256_file
 from .formats import FORMATS, FormatOptions, PrepareError, read_raw
-from .layout import DatasetContent, DatasetError, prepare_output_dir, write_dataset
+from .layout import DatasetContent, prepare_output_dir, write_dataset
 from .prepare_kernels import compact, first_of_pairs, k_core, order_by_user, sort_by_user_time, stable_sort_by_key
 from .prepare_steps import ID_ORDER, TIE_BREAK, Sequences, StepOptions, _Clock, build_sequences
 
@@ -56,9 +58,9 @@ from .prepare_steps import ID_ORDER, TIE_BREAK, Sequences, StepOptions, _Clock, 
 __all__ = [
     "ID_ORDER",
     "TIE_BREAK",
+    "PrepareOptions",
     "Sequences",
     "StepOptions",
-    "build_parser",
     "build_sequences",
     "compact",
     "first_of_pairs",
@@ -71,8 +73,51 @@ __all__ = [
 ]
 
 
-def prepare(args: argparse.Namespace, log: Callable[[str], None] = print) -> Path:
-    """Run the whole command for parsed arguments; returns the dataset directory."""
+PROG = "python -m atjt_dist.data.prepare"
+_DEDUP_DEFAULTS = ", ".join(f"{name} {'on' if f.dedup_default else 'off'}" for name, f in FORMATS.items())
+
+
+@dataclass
+class PrepareOptions:
+    """prepare's options: its whole command line (it reads raw files, no config)."""
+
+    reads_config: ClassVar[bool] = False
+
+    format: Optional[str] = option(None, "raw format of the inputs", metavar="FORMAT", required=True, choices=tuple(FORMATS))
+    input: list[Path] = option([], "interaction files, then optional item-metadata files (told apart by content)", metavar="PATH", required=True, spaced=True)
+    output: Optional[Path] = option(None, "dataset directory to write", metavar="DIR", required=True)
+    overwrite: bool = option(False, "replace a non-empty DIR")
+    # the steps
+    min_rating: Optional[float] = option(None, "keep rows with rating >= X (formats with ratings); default: no threshold", metavar="X")
+    dedup: Optional[bool] = option(None, f"drop repeated (user, item) pairs keeping the earliest; default per format: {_DEDUP_DEFAULTS}")
+    min_user_interactions: int = option(5, "iterative k-core: users keep >= K interactions", metavar="K")
+    min_item_interactions: int = option(1, "iterative k-core: items keep >= K interactions (1 = no item filter)", metavar="K")
+    # the split and the test candidates (written by layout.write_dataset)
+    folds: int = option(5, "user folds")
+    fold_seed: int = option(0, "seed of the fold assignment")
+    candidates: int = option(64, "test candidates per user: the last item + (C-1) negatives", metavar="C")
+    candidate_sampler: str = option("popularity", "negatives by popularity^0.75 or uniform", metavar="SAMPLER", choices=("popularity", "uniform"))
+    candidate_seed: int = option(0, "seed of the candidate negatives")
+    # the formats' options
+    amazon_csv_order: Optional[str] = option(
+        None,
+        "column order of an Amazon ratings-only CSV: user-first (2014: user,item,rating,timestamp) or "
+        "item-first (2018: item,user,rating,timestamp); required when one is given",
+        metavar="ORDER",
+        choices=("user-first", "item-first"),
+    )
+    user_col: str = option("user", "table: user id column", metavar="NAME")
+    item_col: str = option("item", "table: item id column", metavar="NAME")
+    time_col: str = option("time", "table: time column (integers, timestamps or dates)", metavar="NAME")
+    rating_col: Optional[str] = option(None, "table: rating column (optional)", metavar="NAME")
+    category_col: Optional[str] = option(None, "table: item category column (optional)", metavar="NAME")
+    delimiter: str = option(",", "table: CSV delimiter ('tab' for tabs)", metavar="CHAR")
+    block_mb: int = option(16, "read block size in MiB", metavar="MIB")
+    debug: bool = option(False, "show tracebacks")
+
+
+def prepare(args: PrepareOptions, log: Callable[[str], None] = print) -> Path:
+    """Run the whole command for its options; returns the dataset directory."""
     clock = _Clock()
     prepare_output_dir(args.output, args.overwrite)  # refuse early, before reading gigabytes
     fmt = FORMATS[args.format]
@@ -144,7 +189,7 @@ def _sha256(path: Path, stop: threading.Event, chunk: int = 1 << 22) -> Optional
         return None  # read_raw reports the missing or unreadable file
 
 
-def _format_options(args: argparse.Namespace) -> FormatOptions:
+def _format_options(args: PrepareOptions) -> FormatOptions:
     delimiter = "\t" if args.delimiter in ("tab", "\\t") else args.delimiter
     return FormatOptions(
         amazon_csv_order=args.amazon_csv_order,
@@ -158,7 +203,7 @@ def _format_options(args: argparse.Namespace) -> FormatOptions:
     )
 
 
-def _options_record(args: argparse.Namespace, dedup: bool) -> dict:
+def _options_record(args: PrepareOptions, dedup: bool) -> dict:
     """Every option that shapes the result, as used (the format's defaults resolved)."""
     record = {
         "dedup": dedup,
@@ -178,26 +223,6 @@ def _options_record(args: argparse.Namespace, dedup: bool) -> dict:
     return record
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help where there is one; the epilog (the steps) keeps its layout."""
-
-    def _get_help_string(self, action):
-        if action.required or action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit status 2 via main), no usage dump."""
-
-    def error(self, message: str):  # noqa: D401 - argparse's hook
-        raise _UsageError(message)
-
-
 def _docstring_steps() -> str:
     """The numbered steps of the module docstring (one text for the docs and --help)."""
     text = __doc__ or ""  # None under python -OO
@@ -206,84 +231,7 @@ def _docstring_steps() -> str:
     return text[text.index("1. read") : text.index("\n\nBad input")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; every default is stated in its help."""
-    dedup_defaults = ", ".join(f"{name} {'on' if f.dedup_default else 'off'}" for name, f in FORMATS.items())
-    p = _Parser(
-        prog="python -m atjt_dist.data.prepare",
-        description="Read raw interaction files and write a dataset directory.",
-        epilog="steps, in order:\n" + _docstring_steps(),
-        formatter_class=_HelpFormatter,
-    )
-    p.add_argument("--format", required=True, choices=list(FORMATS), help="raw format of the inputs")
-    p.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        metavar="PATH",
-        help="interaction files, then optional item-metadata files (told apart by content)",
-    )
-    p.add_argument("--output", required=True, metavar="DIR", help="dataset directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
-    g = p.add_argument_group("steps")
-    g.add_argument(
-        "--min-rating",
-        type=float,
-        default=None,
-        metavar="X",
-        help="keep rows with rating >= X (formats with ratings); default: no threshold",
-    )
-    g.add_argument(
-        "--dedup",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=f"drop repeated (user, item) pairs keeping the earliest; default per format: {dedup_defaults}",
-    )
-    g.add_argument(
-        "--min-user-interactions",
-        type=int,
-        default=5,
-        metavar="K",
-        help="iterative k-core: users keep >= K interactions",
-    )
-    g.add_argument(
-        "--min-item-interactions",
-        type=int,
-        default=1,
-        metavar="K",
-        help="iterative k-core: items keep >= K interactions (1 = no item filter)",
-    )
-    g = p.add_argument_group("split and test candidates (written by layout.write_dataset)")
-    g.add_argument("--folds", type=int, default=5, help="user folds")
-    g.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
-    g.add_argument("--candidates", type=int, default=64, help="test candidates per user: the last item + (C-1) negatives")
-    g.add_argument(
-        "--candidate-sampler",
-        choices=["popularity", "uniform"],
-        default="popularity",
-        help="negatives by popularity^0.75 or uniform",
-    )
-    g.add_argument("--candidate-seed", type=int, default=0, help="seed of the candidate negatives")
-    g = p.add_argument_group("format options")
-    g.add_argument(
-        "--amazon-csv-order",
-        choices=["user-first", "item-first"],
-        default=None,
-        help="column order of an Amazon ratings-only CSV: user-first (2014: user,item,rating,timestamp) or "
-        "item-first (2018: item,user,rating,timestamp); required when one is given",
-    )
-    g.add_argument("--user-col", default="user", help="table: user id column")
-    g.add_argument("--item-col", default="item", help="table: item id column")
-    g.add_argument("--time-col", default="time", help="table: time column (integers, timestamps or dates)")
-    g.add_argument("--rating-col", default=None, help="table: rating column (optional)")
-    g.add_argument("--category-col", default=None, help="table: item category column (optional)")
-    g.add_argument("--delimiter", default=",", help="table: CSV delimiter ('tab' for tabs)")
-    g.add_argument("--block-mb", type=int, default=16, help="read block size in MiB")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
-
-
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: PrepareOptions) -> None:
     if args.folds < 2:
         raise PrepareError(f"--folds must be >= 2, got {args.folds}")
     if args.candidates < 2:
@@ -295,24 +243,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PrepareError(f"--delimiter must be one character (or 'tab'), got {args.delimiter!r}")
 
 
+def _main(argv: list[str]) -> int:
+    opts = pop_command_options(argv, PrepareOptions)
+    _check_args(opts)
+    prepare(opts)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command; returns the exit status (0, or 2 for bad input with a one-line message)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        print(f"prepare: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        _check_args(args)
-        prepare(args)
-    except (PrepareError, DatasetError, OSError, pa.ArrowException) as exc:
-        if args.debug:
-            raise
-        message = " ".join(str(exc).split())
-        print(f"prepare: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    errors = (PrepareError, OSError, pa.ArrowException)  # bad input files, beside the usual user errors
+    return run_cli(_main, None if argv is None else list(argv), PROG, __doc__ or "", PrepareOptions, errors, "steps, in order:\n" + _docstring_steps())
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ generator config, generating it once under a file lock (several ranks may call i
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fcntl
 import hashlib
@@ -41,11 +40,13 @@ import sys
 import time
 import typing
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from ..cli import run_cli
+from ..command_options import option, pop_command_options
 from ..config import ConfigError, SyntheticConfig
 from .layout import DatasetContent, DatasetError, prepare_output_dir, read_meta, write_dataset
 from .noise import NOISE_KINDS, PlantedNoise, plant_noise
@@ -57,6 +58,7 @@ __all__ = [
     "Catalogue",
     "PlantedNoise",
     "SyntheticData",
+    "SyntheticOptions",
     "build_catalogue",
     "cache_root",
     "dataset_name",
@@ -176,80 +178,46 @@ def ensure_dataset(cfg: SyntheticConfig) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "python -m atjt_dist.data.synthetic"
+#: what --help says before the options (the module docstring is about the generator)
+_HELP = """Write a synthetic dataset with planted noise and its ground truth to --output DIR, or,
+without --output, generate (once) and cache the dataset of these options; prints the dataset's
+directory. The generative model: atjt_dist.data.synthetic_generator."""
 
 
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "yes", "1", "on"):
-        return True
-    if value in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+@dataclasses.dataclass
+class _CommandOptions:
+    """synthetic's options besides the generator's: its whole command line is its own."""
+
+    reads_config: ClassVar[bool] = False
+
+    output: Optional[Path] = option(None, "dataset directory to write (default: the cache, see --cache-dir)", metavar="DIR")
+    overwrite: bool = option(False, "replace a non-empty --output")
+    debug: bool = option(False, "show tracebacks and debug logs")
 
 
-def _optional(tp):
-    def parse(text: str):
-        return None if text.strip().lower() in ("none", "null") else tp(text)
-
-    parse.__name__ = f"{tp.__name__} or none"  # argparse names the type in its error message
-    return parse
-
-
-def _option_type(tp):
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return {"choices": typing.get_args(tp)}
-    if origin is typing.Union:  # Optional[str], Optional[int]: 'none' is None
-        inner = next(a for a in typing.get_args(tp) if a is not type(None))
-        return {"type": _optional(_parse_bool if inner is bool else inner), "metavar": inner.__name__.upper()}
-    if tp is bool:
-        return {"type": _parse_bool, "metavar": "{true,false}"}
-    return {"type": tp}
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m atjt_dist.data.synthetic",
-        description="Write a synthetic dataset with planted noise and its ground truth.",
-    )
-    p.add_argument("--output", help="dataset directory to write (default: the cache, see --cache-dir)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+def _generator_fields() -> list[tuple]:
+    """One option per SyntheticConfig field: its name, type, default and help."""
     hints = typing.get_type_hints(SyntheticConfig)
-    for f in dataclasses.fields(SyntheticConfig):
-        p.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=f.default,
-            help=f"{f.metadata['help']} (default: {f.default})",
-            **_option_type(hints[f.name]),
-        )
-    return p
+    return [(f.name, hints[f.name], option(f.default, f.metadata["help"])) for f in dataclasses.fields(SyntheticConfig)]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """The CLI: write a dataset to --output, or make sure the cached one exists; print its path."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
-    cfg = SyntheticConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)})
-    try:
-        cfg.check(key=lambda f: "--" + f.replace("_", "-"))
-        if args.output is None:
-            if args.overwrite:
-                raise ConfigError("--overwrite needs --output (to regenerate the cache, delete its directory)")
-            path = ensure_dataset(cfg)
-        else:
-            prepare_output_dir(args.output, args.overwrite)  # fail before generating, not after
-            path = write(cfg, args.output, overwrite=args.overwrite)
-    except (ConfigError, DatasetError, OSError) as exc:
-        if args.debug:
-            raise
-        message = " ".join(str(exc).split())  # one line
-        print(f"python -m atjt_dist.data.synthetic: error: {message}", file=sys.stderr)
-        return 2
+#: the command line: --output, --overwrite, --debug, then every generator parameter (--users, --noise-kind, ...)
+SyntheticOptions = dataclasses.make_dataclass("SyntheticOptions", _generator_fields(), bases=(_CommandOptions,))
+
+
+def _main(argv: list[str]) -> int:
+    opts = pop_command_options(argv, SyntheticOptions)
+    logging.basicConfig(level=logging.DEBUG if opts.debug else logging.INFO, format="%(message)s")
+    cfg = SyntheticConfig(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(SyntheticConfig)})
+    cfg.check(key=lambda f: "--" + f.replace("_", "-"))
+    if opts.output is None:
+        if opts.overwrite:
+            raise ConfigError("--overwrite needs --output (to regenerate the cache, delete its directory)")
+        path = ensure_dataset(cfg)
+    else:
+        prepare_output_dir(opts.output, opts.overwrite)  # fail before generating, not after
+        path = write(cfg, opts.output, overwrite=opts.overwrite)
     meta = read_meta(path)
     log.info(
         "%s: %d users, %d items, %d interactions; %d noisy users, %d planted items (%s)",
@@ -263,6 +231,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     print(path)
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The CLI: write a dataset to --output, or make sure the cached one exists; print its path."""
+    return run_cli(_main, argv, PROG, _HELP, SyntheticOptions, errors=(OSError,))
 
 
 if __name__ == "__main__":
