@@ -29,6 +29,7 @@ from .data.dataset import TrainingData
 from .data.layout import dataset_fingerprint
 from .distributed import DistContext, init_distributed, load_full_state, shard_model, shutdown
 from .faults import FaultHooks, LossMonitor, NonFiniteLossError, elastic_restart_count, leave_broken_group, peer_failure
+from .host_memory import reuse_freed_host_memory
 from .joint import JointModel
 from .models import ModelSpec
 from .objective import Losses, build_objective, objective_name
@@ -67,6 +68,8 @@ class Trainer(TrainingLoop, Evaluation):
         self.cfg = cfg
         # A caller that runs several trainers (compare) passes its context and keeps the group.
         self.ctx = ctx if ctx is not None else init_distributed(cfg.dist)
+        if cfg.dist.reuse_host_memory:  # before the data and the model allocate anything large
+            reuse_freed_host_memory()
         self._owns_ctx = ctx is None
         self.method = method_name(cfg)
         self.run_dir = choose_run_dir(cfg.run_dir, cfg.model.name, self.method)
