@@ -116,3 +116,39 @@ def test_dice_statistics_ignore_masked_positions():
 def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="din"):
         build_recommender(SPEC, ModelConfig(name="nosuch"))
+
+
+def test_every_batch_field_converts_from_numpy_to_tensors():
+    """BatchArrays and SequenceBatch share one field list (data/batch_fields.py); from_arrays
+    converts each field with its dtype (ids int64, floats float32, booleans kept)."""
+    from dataclasses import fields
+
+    import numpy as np
+
+    from atjt_dist.data.batch_fields import BatchFields
+    from atjt_dist.data.dataset import BatchArrays
+    from atjt_dist.models.batch import SequenceBatch
+
+    R, L = 3, 4
+    ids = np.arange(R * L, dtype=np.int32).reshape(R, L)
+    arrays = BatchArrays(
+        user=np.arange(R, dtype=np.int64),
+        hist=ids,
+        hist_cat=ids + 1,
+        lengths=np.array([4, 2, 0], dtype=np.int32),
+        target=np.array([5, 6, 7], dtype=np.int32),
+        target_cat=np.array([1, 2, 3], dtype=np.int32),
+        label=np.array([1, 0, 1], dtype=np.float32),
+        neg_seq=ids + 2,
+        candidates=ids[:, :2],
+        replaced=ids % 2 == 0,
+        weight=np.array([1, 0, 1], dtype=np.float32),
+        row_ids=np.array([10, 11, 12], dtype=np.int64),
+    )
+    batch = SequenceBatch.from_arrays(arrays)
+    assert [f.name for f in fields(SequenceBatch)] == [f.name for f in fields(BatchArrays)] == [f.name for f in fields(BatchFields)]
+    for f in fields(BatchFields):
+        value = getattr(batch, f.name)
+        expected = {"label": torch.float32, "weight": torch.float32, "replaced": torch.bool}.get(f.name, torch.int64)
+        assert value.dtype == expected, f.name
+        assert np.array_equal(value.numpy(), getattr(arrays, f.name)), f.name

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Optional
 import numba
 import numpy as np
 
+from .batch_fields import BatchFields
 from .layout import DatasetArrays, DatasetError, open_arrays
 from .rng import stream_key
 from .sampling import (
@@ -50,28 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class BatchArrays:
-    """One rank's rows of a batch as numpy arrays (models/batch.py turns them into tensors).
-
-    Rows are samples; ``hist`` is left-aligned and 0-padded after ``lengths`` items.
-    ``label`` is the recommendation label (1 positive, 0 negative) for recommender batches and
-    the recogniser label (1 clean, 0 corrupted) for recogniser batches. ``row_ids`` are the
-    rows' global indices in the global batch (for exact cross-rank statistics).
-    """
-
-    user: np.ndarray  # int64 [R]
-    hist: np.ndarray  # int32 [R, L]
-    hist_cat: np.ndarray  # int32 [R, L]
-    lengths: np.ndarray  # int32 [R]
-    target: np.ndarray  # int32 [R]
-    target_cat: np.ndarray  # int32 [R]
-    label: np.ndarray  # float32 [R]
-    row_ids: np.ndarray  # int64 [R]
-    neg_seq: Optional[np.ndarray] = None  # int32 [R, L]: next-item training's negatives
-    candidates: Optional[np.ndarray] = None  # int32 [R, C]: a user's test candidates (one row per user)
-    replaced: Optional[np.ndarray] = None  # bool [R, L]: recogniser batches: the history items corruption replaced
-    weight: Optional[np.ndarray] = None  # float32 [R]: oracle training only: the ground-truth weight of each row
+class BatchArrays(BatchFields[np.ndarray]):
+    """One rank's rows of a batch as numpy arrays (the fields: data/batch_fields.py; models/batch.py
+    turns them into tensors). The samplers always set ``row_ids``."""
 
     def __len__(self) -> int:
         return len(self.user)

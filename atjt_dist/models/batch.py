@@ -24,53 +24,24 @@ import numpy as np
 import torch
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
+from ..data.batch_fields import BOOL_FIELDS, FLOAT_FIELDS, BatchFields
+
 FEATURES = ("user", "hist_item", "target_item", "neg_item", "hist_cat", "target_cat")
 
 
-@dataclass
-class SequenceBatch:
-    """A batch of rows: (user, left-aligned history, lengths, target, label).
-
-    ``hist[r, :lengths[r]]`` are row r's history items in time order, the rest 0.
-    """
-
-    user: torch.Tensor  # int64 [B]
-    hist: torch.Tensor  # int64 [B, L]
-    hist_cat: torch.Tensor  # int64 [B, L]
-    lengths: torch.Tensor  # int64 [B]
-    target: torch.Tensor  # int64 [B]
-    target_cat: torch.Tensor  # int64 [B]
-    label: torch.Tensor  # float32 [B]
-    #: next-item training only: a sampled negative for every history position (0 at padding)
-    neg_seq: Optional[torch.Tensor] = None  # int64 [B, L]
-    #: evaluation of sequential models: the row's candidate items, scored from one encoding
-    candidates: Optional[torch.Tensor] = None  # int64 [B, C]
-    #: corrupted recogniser batches: True at the history items that corruption replaced
-    replaced: Optional[torch.Tensor] = None  # bool [B, L]
-    #: oracle training only: each row's ground-truth weight (0 = planted noise)
-    weight: Optional[torch.Tensor] = None  # float32 [B]
-    #: the rows' global ids (data.dataset.BatchArrays.row_ids; schedule.Schedule numbers the
-    #: recogniser's rows after the recommender's): what keys their dropout masks
-    row_ids: Optional[torch.Tensor] = None  # int64 [B]
+class SequenceBatch(BatchFields[torch.Tensor]):
+    """A batch of rows as tensors (the fields: data/batch_fields.py), with its TorchRec view."""
 
     @classmethod
-    def from_arrays(cls, arrays) -> "SequenceBatch":
-        """From a data.dataset.BatchArrays (numpy); ids become int64 as TorchRec expects."""
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long()  # noqa: E731
-        return cls(
-            user=t(arrays.user),
-            hist=t(arrays.hist),
-            hist_cat=t(arrays.hist_cat),
-            lengths=t(arrays.lengths),
-            target=t(arrays.target),
-            target_cat=t(arrays.target_cat),
-            label=torch.from_numpy(np.ascontiguousarray(arrays.label)).float(),
-            neg_seq=t(arrays.neg_seq) if getattr(arrays, "neg_seq", None) is not None else None,
-            candidates=t(arrays.candidates) if getattr(arrays, "candidates", None) is not None else None,
-            replaced=torch.from_numpy(np.ascontiguousarray(arrays.replaced)) if getattr(arrays, "replaced", None) is not None else None,
-            weight=torch.from_numpy(np.ascontiguousarray(arrays.weight)).float() if getattr(arrays, "weight", None) is not None else None,
-            row_ids=t(arrays.row_ids) if getattr(arrays, "row_ids", None) is not None else None,
-        )
+    def from_arrays(cls, arrays: BatchFields) -> "SequenceBatch":
+        """From a data.dataset.BatchArrays (numpy): ids become int64 as TorchRec expects, floats
+        float32, booleans stay booleans."""
+
+        def tensor(name: str, a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            return t.float() if name in FLOAT_FIELDS else t if name in BOOL_FIELDS else t.long()
+
+        return cls(**{f.name: None if (a := getattr(arrays, f.name, None)) is None else tensor(f.name, a) for f in fields(BatchFields)})
 
     def __len__(self) -> int:
         return self.user.shape[0]
