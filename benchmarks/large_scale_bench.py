@@ -146,7 +146,9 @@ def _windows(run_dir: Path) -> list[dict]:
     return [r for r in map(json.loads, lines) if r.get("kind") == "train"]
 
 
-def run_method(method: str, args, out: Path) -> dict:
+def run_method(method: str, args, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """One torchrun job of ``method`` (base or atjt) with the benchmark's config, plus the training
+    flags ``extra`` (large_scale_ab.py's variants); returns its figures."""
     out.mkdir(parents=True, exist_ok=True)
     train_args = [
         f"--data.path={args.data}",
@@ -160,6 +162,7 @@ def run_method(method: str, args, out: Path) -> dict:
         f"--atjt.enabled={'true' if method == 'atjt' else 'false'}",
         f"--run-dir={out / 'run'}",
         f"--model.name={args.model}",
+        *extra,
     ]
     steps = args.atjt_steps if (method == "atjt" and args.atjt_steps is not None) else args.steps
     if steps:
@@ -227,6 +230,7 @@ def run_method(method: str, args, out: Path) -> dict:
         "measured_all": r0["steps"] >= r0["epoch_steps"],
         "first_loss": windows[0]["loss"],
         "last_loss": windows[-1]["loss"],
+        "losses": [w["loss"] for w in windows],  # every log window's, for A/B comparisons
     }
 
 
