@@ -5,8 +5,8 @@ A CPU training step allocates and frees dozens of large temporaries: at the larg
 [rows, L, 32] float32 tensor of about 10-20 MB. glibc's malloc serves blocks that large with mmap,
 or from the top of its heap, which it gives back to the kernel as soon as more than a (dynamic)
 trim threshold lies free there; either way the next step's blocks arrive as fresh pages and every
-page faults on first touch while the kernel zeroes it. On this project's 2-core machine that was
-about a fifth of DIN's step (benchmarks/large_scale.md, "Where a step's time goes").
+page faults on first touch while the kernel zeroes it (62,000 faults per step in one process at that
+batch; benchmarks/large_scale.md, "Where a step's time goes", has the A/B).
 
 :func:`reuse_freed_host_memory` raises both thresholds (``mallopt``), so freed blocks stay in the
 process and are reused: the step computes exactly the same numbers, faster, and the process keeps
