@@ -1,7 +1,8 @@
 """Optimisers: fused sparse Adagrad for the embedding tables, and the dense backend for the rest.
 
 METHOD.md section 5: Adagrad everywhere; the recommender at ``train.lr``, recogniser j at
-``atjt.recognizer_lrs[j]`` (the last value repeats), weight decay ``train.weight_decay``.
+``atjt.recognizer_lrs[j]`` (the last value repeats); L2 weight decay ``train.weight_decay`` for
+the recommender and ``atjt.recognizer_weight_decay`` for the recognisers.
 
 Embedding tables sharded model-parallel (table-, row-, column-wise) are updated inside the
 backward pass by FBGEMM's exact Adagrad (TorchRec's fused optimiser): the optimiser class and its
@@ -71,6 +72,11 @@ def learning_rate(cfg: Config, param_name: str) -> float:
     return lrs[min(int(m.group(1)), len(lrs) - 1)]
 
 
+def weight_decay(cfg: Config, param_name: str) -> float:
+    """The L2 weight decay of a parameter, from the model it belongs to."""
+    return cfg.train.weight_decay if is_recommender_parameter(param_name) else cfg.atjt.recognizer_weight_decay
+
+
 def _is_table(name: str) -> bool:
     return ".embeddings.embeddings." in name or name.startswith("embeddings.embeddings.")
 
@@ -86,7 +92,7 @@ def build_optimizers(model: nn.Module, cfg: Config) -> Callable[..., "DenseBacke
                 {
                     "lr": learning_rate(cfg, name),
                     "eps": ADAGRAD_EPS,
-                    "weight_decay": cfg.train.weight_decay,
+                    "weight_decay": weight_decay(cfg, name),
                     "weight_decay_mode": WeightDecayMode.L2,
                 },
             )
@@ -110,20 +116,21 @@ def is_recommender_parameter(name: str) -> bool:
     return _RECOGNIZER.search(name) is None
 
 
-def _adagrad(named: list[tuple[str, nn.Parameter]], cfg: Config, weight_decay: float, cls: type = torch.optim.Adagrad) -> Optional[torch.optim.Optimizer]:
-    """One Adagrad with a parameter group per (model, learning rate) (None without parameters);
-    each group says whether it is the recommender's (``group["recommender"]``: train.lr_decay
-    scales those)."""
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+def _adagrad(named: list[tuple[str, nn.Parameter]], cfg: Config, decay: bool = True, cls: type = torch.optim.Adagrad) -> Optional[torch.optim.Optimizer]:
+    """One Adagrad with a parameter group per (model, learning rate, weight decay) (None without
+    parameters); each group says whether it is the recommender's (``group["recommender"]``:
+    train.lr_decay scales those). ``decay=False``: no weight decay in the optimiser (DeepSpeed
+    adds it to the loss)."""
+    groups: dict[tuple[bool, float, float], list[nn.Parameter]] = {}
     for name, param in named:
-        groups.setdefault((is_recommender_parameter(name), learning_rate(cfg, name)), []).append(param)
+        wd = weight_decay(cfg, name) if decay else 0.0
+        groups.setdefault((is_recommender_parameter(name), learning_rate(cfg, name), wd), []).append(param)
     if not groups:
         return None
     return cls(
-        [{"params": ps, "lr": lr, "recommender": rec} for (rec, lr), ps in groups.items()],
+        [{"params": ps, "lr": lr, "weight_decay": wd, "recommender": rec} for (rec, lr, wd), ps in groups.items()],
         lr=cfg.train.lr,
         eps=ADAGRAD_EPS,
-        weight_decay=weight_decay,
     )
 
 
@@ -251,7 +258,7 @@ class TorchAdagrad(DenseBackend):
 
     def __init__(self, sharded: nn.Module, cfg: Config) -> None:
         self.model = sharded
-        self.optimizer = _adagrad(dense_parameters(sharded), cfg, cfg.train.weight_decay)
+        self.optimizer = _adagrad(dense_parameters(sharded), cfg)
         if self.optimizer is None:
             raise ValueError("the model has no dense parameters to optimise")
 
@@ -318,7 +325,7 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
             if section in ds:
                 raise ValueError(
                     f"{d.deepspeed_config}: remove the '{section}' section; the dense optimiser is the "
-                    "project's Adagrad (train.lr, atjt.recognizer_lrs, train.weight_decay)"
+                    "project's Adagrad (train.lr, atjt.recognizer_lrs, train.weight_decay, atjt.recognizer_weight_decay)"
                 )
         for precision in ("fp16", "bf16"):
             if ds.get(precision, {}).get("enabled", False):
@@ -352,10 +359,10 @@ class DeepSpeedAdagrad(DenseBackend):
         layers = [(n, p) for n, p in named if not _is_table(n)]
         tables = [(n, p) for n, p in named if _is_table(n)]
         self.model = sharded
-        self.weight_decay = cfg.train.weight_decay
         self.layer_params = [p for _, p in layers]
-        self.table_optimizer = _adagrad(tables, cfg, cfg.train.weight_decay)
-        client = _adagrad(layers, cfg, weight_decay=0.0, cls=LazyAdagrad)  # L2 is a loss term: see backward
+        self.layer_decay = {id(p): weight_decay(cfg, n) for n, p in layers}
+        self.table_optimizer = _adagrad(tables, cfg)
+        client = _adagrad(layers, cfg, decay=False, cls=LazyAdagrad)  # L2 is a loss term: see backward
         if client is None:
             raise ValueError("the model has no dense layers for DeepSpeed to manage")
         self.config = deepspeed_config(cfg, ctx.world)
@@ -363,25 +370,24 @@ class DeepSpeedAdagrad(DenseBackend):
             model=_DenseView(sharded, self.layer_params), optimizer=client, config=self.config, dist_init_required=False
         )
         self._idle_key: Optional[int] = None
-        self._active: list[nn.Parameter] = []
+        self._active: list[tuple[float, nn.Parameter]] = []
 
     def forward(self, *args, **kwargs) -> Any:
         return self.engine(*args, **kwargs)
 
-    def _active_params(self, idle: list[nn.Parameter]) -> list[nn.Parameter]:
+    def _decayed_params(self, idle: list[nn.Parameter]) -> list[tuple[float, nn.Parameter]]:
+        """(weight decay, parameter) of the step's active layers with a non-zero weight decay."""
         key = id(idle)  # idle_dense_parameters returns one cached list per (phase, stage)
         if key != self._idle_key:
             skip = {id(p) for p in idle}
-            self._active = [p for p in self.layer_params if id(p) not in skip]
+            self._active = [(self.layer_decay[id(p)], p) for p in self.layer_params if id(p) not in skip and self.layer_decay[id(p)]]
             self._idle_key = key
         return self._active
 
     def backward(self, loss: torch.Tensor, idle: list[nn.Parameter]) -> None:
-        if self.weight_decay:
-            active = self._active_params(idle)
-            if active:
-                squares = torch.stack([p.float().pow(2).sum() for p in active]).sum()
-                loss = loss + 0.5 * self.weight_decay * squares
+        decayed = self._decayed_params(idle)
+        if decayed:
+            loss = loss + 0.5 * torch.stack([wd * p.float().pow(2).sum() for wd, p in decayed]).sum()
         self.engine.backward(loss)
         for p in idle:
             if p.grad is not None:  # ZeRO 0 keeps grads until the step (table optimiser too)

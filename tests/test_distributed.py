@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     *SHORT_RUN,
     "--atjt.recognizer.dropout=0",  # dropout across world sizes: tests/test_train.py
+    "--train.weight_decay=1e-3",  # distinct decays: DeepSpeed's L2 loss term per model vs torch Adagrad's
+    "--atjt.recognizer_weight_decay=2e-4",
 ]
 #: Every sharding type on at least one table, over the recommender's and both recognisers'.
 MIXED = {
