@@ -1,8 +1,8 @@
 """Optimisers: fused sparse Adagrad for the embedding tables, and the dense backend for the rest.
 
 METHOD.md section 5: Adagrad everywhere; the recommender at ``train.lr``, recogniser j at
-``atjt.recognizer_lrs[j]`` (the last value repeats); L2 weight decay ``train.weight_decay`` for
-the recommender and ``atjt.recognizer_weight_decay`` for the recognisers.
+``atjt.recognizer_lrs[j]`` (the last value repeats); L2 weight decay ``train.weight_decay`` (null:
+the base model's own) for the recommender and ``atjt.recognizer_weight_decay`` for the recognisers.
 
 Embedding tables sharded model-parallel (table-, row-, column-wise) are updated inside the
 backward pass by FBGEMM's exact Adagrad (TorchRec's fused optimiser): the optimiser class and its
@@ -74,7 +74,7 @@ def learning_rate(cfg: Config, param_name: str) -> float:
 
 def weight_decay(cfg: Config, param_name: str) -> float:
     """The L2 weight decay of a parameter, from the model it belongs to."""
-    return cfg.train.weight_decay if is_recommender_parameter(param_name) else cfg.atjt.recognizer_weight_decay
+    return cfg.recommender_weight_decay() if is_recommender_parameter(param_name) else cfg.atjt.recognizer_weight_decay
 
 
 def _is_table(name: str) -> bool:

@@ -127,12 +127,14 @@ class Trainer(TrainingLoop, Evaluation):
             )
             log.info("sharding plan:\n%s", self.plan)
             log.info(
-                "%s: %d phases x %d epochs, %d steps; %d samples dropped as incomplete last batches",
+                "%s: %d phases x %d epochs, %d steps; %d samples dropped as incomplete last batches; recommender lr %g, weight decay %g",
                 self.method,
                 len(self.schedule.phases),
                 cfg.train.epochs,
                 self.total_steps(),
                 self.schedule.dropped_samples,
+                cfg.train.lr,
+                cfg.recommender_weight_decay(),
             )
         self._init_checkpoints()
 

@@ -223,7 +223,7 @@ def _setup(args, device: torch.device):
     torch.manual_seed(cfg.seed)
     model = JointModel(ModelSpec(meta["num_users"], meta["num_items"], meta["num_categories"], d.history_length), cfg)
     place_dense(model, device)  # what the trainer does after sharding (not module.to(): see check_placement)
-    optimizer = torch.optim.Adagrad(model.parameters(), lr=cfg.train.lr, eps=1e-10, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=cfg.train.lr, eps=1e-10, weight_decay=cfg.recommender_weight_decay())
     return cfg, schedule, model, optimizer
 
 

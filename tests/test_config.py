@@ -19,7 +19,7 @@ def test_defaults_learn_and_the_paper_is_one_flag_away():
     assert cfg.atjt.num_parts == 2 and cfg.atjt.aux_weight == 100.0 and cfg.atjt.detach is False
     assert cfg.train.lr == pytest.approx(0.05) and cfg.atjt.recognizer_lrs == [0.05]
     assert cfg.atjt.recognizer_warmup_steps == 600 and cfg.atjt.per_row_position and cfg.atjt.isolate_weighted_users
-    assert cfg.train.weight_decay == 0.0 and cfg.atjt.recognizer_weight_decay == pytest.approx(5e-4) and cfg.train.batch_size == 256
+    assert cfg.recommender_weight_decay() == 0.0 and cfg.atjt.recognizer_weight_decay == pytest.approx(5e-4) and cfg.train.batch_size == 256
     assert cfg.train.epochs == 4 and cfg.eval.k == 5
     paper = build_config(["--config", str(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")])
     assert paper.data.mode == "paper" and paper.train.lr == pytest.approx(8.15e-4)

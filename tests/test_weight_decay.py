@@ -43,3 +43,15 @@ def test_each_model_gets_its_own_weight_decay_in_every_optimiser(tiny_dataset, t
 def test_a_negative_weight_decay_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"atjt\.recognizer_weight_decay.*>= 0"):
         build_config(["--atjt.recognizer_weight_decay=-1e-4"])
+
+
+def test_a_null_weight_decay_is_the_base_models_own():
+    from atjt_dist.config.model_sections import RECOMMENDER_WEIGHT_DECAY
+    from atjt_dist.models import REGISTRY
+
+    assert set(RECOMMENDER_WEIGHT_DECAY) == set(REGISTRY)  # every model has one
+    for name, wd in RECOMMENDER_WEIGHT_DECAY.items():
+        cfg = build_config([f"--model.name={name}"])
+        assert cfg.train.weight_decay is None and cfg.recommender_weight_decay() == wd
+    assert build_config(["--model.name=sasrec", "--train.weight_decay=0"]).recommender_weight_decay() == 0.0
+    assert build_config(["--model.name=din", "--train.weight_decay=1e-4"]).recommender_weight_decay() == pytest.approx(1e-4)

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 from ..errors import ConfigError
 from .data_sections import DataConfig
 from .fields import knob
-from .model_sections import ModelConfig
+from .model_sections import RECOMMENDER_WEIGHT_DECAY, ModelConfig
 
 
 @dataclass
@@ -188,13 +188,12 @@ class TrainConfig:
         "Share of the recommender's steps, in [0, 1), at train.lr before train.lr_decay starts "
         "(0.5: the best mean validation AUC of 0, 0.5 on ml-100k, docs/results.md).",
     )
-    weight_decay: float = knob(
-        0.0,
+    weight_decay: Optional[float] = knob(
+        None,
         "L2 weight decay of the recommender's Adagrad, tables included (on a fused table: the "
-        "rows a batch touches); the recognisers' is atjt.recognizer_weight_decay. 0: against the "
-        "paper's 5e-4 (configs/paper.yaml) it gained 0.011-0.024 AUC on Beauty's validation users "
-        "with a smaller seed-to-seed sd, and on ml-100k left DIN and Wide & Deep unchanged and "
-        "DCN better (docs/results.md, section 7d).",
+        "rows a batch touches); the recognisers' is atjt.recognizer_weight_decay. null = the base "
+        "model's own, chosen on validation users (docs/results.md, section 7d): 0 for din, dcn and "
+        "wide_deep, the paper's 5e-4 (configs/paper.yaml) for sasrec, fearec and s3rec.",
     )
     log_every: int = knob(50, "Log a line (rank 0) and a JSONL record every this many steps (S3Rec pre-training: a line).")
     progress_bar: bool = knob(True, "Show a progress bar on rank 0 (also off when not a TTY).")
@@ -342,3 +341,8 @@ class Config:
     log: LogConfig = knob(LogConfig(), "Run records: TensorBoard, weight histograms, per-user weights.")
     dist: DistConfig = knob(DistConfig(), "Distribution.")
     checkpoint: CheckpointConfig = knob(CheckpointConfig(), "Checkpoints and resuming.")
+
+    def recommender_weight_decay(self) -> float:
+        """train.weight_decay, or where it is null the base model's own (RECOMMENDER_WEIGHT_DECAY)."""
+        wd = self.train.weight_decay
+        return RECOMMENDER_WEIGHT_DECAY[self.model.name] if wd is None else wd

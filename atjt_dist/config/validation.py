@@ -44,7 +44,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'atjt.recognizer_lrs' needs at least one learning rate")
     if cfg.train.lr < 0 or any(lr < 0 for lr in cfg.atjt.recognizer_lrs):  # 0 = frozen (a probe)
         raise ConfigError(f"config keys 'train.lr' and 'atjt.recognizer_lrs' must be >= 0, got {cfg.train.lr} and {cfg.atjt.recognizer_lrs}")
-    for key, value in (("train.weight_decay", cfg.train.weight_decay), ("atjt.recognizer_weight_decay", cfg.atjt.recognizer_weight_decay)):
+    for key, value in (("train.weight_decay", cfg.recommender_weight_decay()), ("atjt.recognizer_weight_decay", cfg.atjt.recognizer_weight_decay)):
         if value < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
     if not 0.0 <= cfg.train.lr_decay_start < 1.0:
