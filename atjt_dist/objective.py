@@ -269,8 +269,8 @@ class BCEObjective(Objective):
 
 
 class ATJTObjective(BCEObjective):
-    """ATJT (METHOD.md section 5): L_R with w_i = sigmoid(g(S_i, t_i)) shared by a sequence's
-    rows, plus lambda * L_D on the corrupted recogniser rows. Ablations: 'no_aux' (no L_D; a
+    """ATJT (METHOD.md section 5): L_R with w_i = sigmoid(g(S_i, t_i)) (to the power
+    atjt.weight_exponent, 1 in the paper) shared by a sequence's rows, plus lambda * L_D on the corrupted recogniser rows. Ablations: 'no_aux' (no L_D; a
     -no_aux_penalty * mean(w^2) term instead), 'two_stage' (weights detached while g is frozen).
     A step without weights (none computed) falls back to the plain mean."""
 
@@ -281,6 +281,8 @@ class ATJTObjective(BCEObjective):
         a = self.cfg.atjt
         rows = recommender_rows(out, rec)
         w_seq = torch.sigmoid(out.weight_logits.float())
+        if a.weight_exponent != 1.0:
+            w_seq = w_seq.pow(a.weight_exponent)
         if a.detach or stage == "recommender":  # schedule.RECOMMENDER_ONLY: two-stage, g is frozen
             w_seq = w_seq.detach()
         total.stats["weight_sum"] = w_seq.detach().sum()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atjt_dist.config import build_config
+from atjt_dist.config import ConfigError, build_config
 from atjt_dist.models.batch import SequenceBatch
 from atjt_dist.objective import StepOutput, compute_losses, objective_name, tce_drop_rate, tce_keep_mask
 
@@ -56,6 +56,24 @@ def test_atjt_weights_are_shared_by_a_positive_and_its_negative():
     assert torch.allclose(losses.backward, (rows_w * l).sum() / rows_w.sum())
     losses.backward.backward()
     assert w_logits.grad is not None and w_logits.grad.abs().sum() > 0  # not detached by default
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 0.5])
+def test_atjt_weights_are_p_clean_to_the_weight_exponent(gamma):
+    rec, x = _rec()
+    w_logits = torch.randn(4)
+    cfg = build_config([f"--atjt.weight_exponent={gamma}"])
+    losses = compute_losses(StepOutput(rec_logits=x, weight_logits=w_logits), rec, None, cfg, "joint", 0)
+    w = torch.sigmoid(w_logits) ** gamma
+    rows_w = torch.cat([w, w])
+    l = F.binary_cross_entropy_with_logits(x, rec.label, reduction="none")
+    assert torch.allclose(losses.backward, (rows_w * l).sum() / rows_w.sum())
+    assert torch.allclose(losses.stats["weight_sum"], w.sum())
+
+
+def test_atjt_weight_exponent_must_be_positive():
+    with pytest.raises(ConfigError, match=r"atjt\.weight_exponent.*> 0"):
+        build_config(["--atjt.weight_exponent=0"])
 
 
 def test_atjt_detach_stops_the_gradient_to_the_weights():

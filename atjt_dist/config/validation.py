@@ -38,6 +38,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config keys 'objective.tce_ramp_steps' and 'objective.rce_beta' must be >= 0, 'objective.tce_exponent' > 0")
     if cfg.atjt.enabled and cfg.objective.name in ("auto", "atjt") and cfg.atjt.num_parts < 2:
         raise ConfigError("config key 'atjt.num_parts' must be >= 2 with ATJT on (cross-fitting needs another part)")
+    if not cfg.atjt.weight_exponent > 0.0:
+        raise ConfigError(f"config key 'atjt.weight_exponent' must be > 0, got {cfg.atjt.weight_exponent}")
     if not 0.0 < cfg.atjt.noise_fraction < 1.0:
         raise ConfigError(f"config key 'atjt.noise_fraction' must be in (0, 1), got {cfg.atjt.noise_fraction}")
     if not cfg.atjt.recognizer_lrs:
