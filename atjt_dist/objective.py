@@ -270,9 +270,10 @@ class BCEObjective(Objective):
 
 class ATJTObjective(BCEObjective):
     """ATJT (METHOD.md section 5): L_R with w_i = sigmoid(g(S_i, t_i)) (to the power
-    atjt.weight_exponent, 1 in the paper) shared by a sequence's rows, plus lambda * L_D on the corrupted recogniser rows. Ablations: 'no_aux' (no L_D; a
-    -no_aux_penalty * mean(w^2) term instead), 'two_stage' (weights detached while g is frozen).
-    A step without weights (none computed) falls back to the plain mean."""
+    atjt.weight_exponent, 1 in the paper) shared by a sequence's rows, plus lambda * L_D on the
+    corrupted recogniser rows. Ablations: 'no_aux' (no L_D; a -no_aux_penalty * mean(w^2) term
+    instead), 'two_stage' (weights detached while g is frozen). A step without weights (none
+    computed) falls back to the plain mean."""
 
     def add_recommender_loss(self, total: StepTotal, out: StepOutput, rec: SequenceBatch, stage: str, step: int) -> None:
         if out.weight_logits is None:
