@@ -93,15 +93,15 @@ def test_two_processes_match_one_process_with_dropout(tiny_dataset, tmp_path):
     """ATJT with the recogniser's dropout on (0.5, the default): 1 and 2 processes train the same
     model. Each mask is keyed by (seed, step, layer, call, global row, element), so the runs
     differ only by summation order: losses within 1e-5 relative (observed ~1e-7), the same test
-    metrics, every final weight within 1e-4 relative L2 (observed <= 3e-6) or 1e-6 absolute
-    (DIN's attention output bias, whose gradient is identically zero, moves by rounding only).
+    metrics, every final weight within 1e-4 relative L2 (observed <= 3e-6; DIN's softmax
+    attention has no score bias, whose gradient would be rounding noise alone: layers.py).
     """
     one, two = _one_and_two_processes_agree(tmp_path, [f"--data.path={tiny_dataset}", *RECOGNIZER_DROPOUT_ON])
     w1, w2 = _weights(one / "model"), _weights(two / "model")
     assert set(w1) == set(w2) and any(".attention.mlp." in k and k.startswith("recognizers.") for k in w1)
     for key, x in w1.items():
         x, y = x.double(), w2[key].double()
-        assert (x - y).norm() <= 1e-4 * x.norm() or (x - y).abs().max() <= 1e-6, (key, ((x - y).norm() / x.norm()).item())
+        assert (x - y).norm() <= 1e-4 * x.norm(), (key, ((x - y).norm() / x.norm()).item())
 
 
 @pytest.mark.slow

@@ -339,9 +339,10 @@ def activation(name: str, width: int) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """Linear -> activation (-> dropout) for each hidden size, then a final Linear to ``out``."""
+    """Linear -> activation (-> dropout) for each hidden size, then a final Linear to ``out``
+    (with a bias unless ``out_bias`` is false)."""
 
-    def __init__(self, inp: int, hidden: list[int], out: int, act: str, dropout: float = 0.0) -> None:
+    def __init__(self, inp: int, hidden: list[int], out: int, act: str, dropout: float = 0.0, out_bias: bool = True) -> None:
         super().__init__()
         self.linears = nn.ModuleList()
         self.acts = nn.ModuleList()
@@ -350,7 +351,7 @@ class MLP(nn.Module):
             self.linears.append(nn.Linear(width, h))
             self.acts.append(activation(act, h))
             width = h
-        self.out = nn.Linear(width, out)
+        self.out = nn.Linear(width, out, bias=out_bias)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -382,7 +383,10 @@ class TargetAttention(nn.Module):
         self.normalise = normalise
         if not hidden:
             raise ValueError("target attention needs at least one hidden layer")
-        self.mlp = MLP(4 * dim, hidden, 1, act, dropout)
+        # Under softmax a shift of every score changes nothing, so a bias on the score would get
+        # only rounding noise as its gradient; without weight decay Adagrad scales that noise up
+        # into steps that differ with the process count. The raw scores keep their bias.
+        self.mlp = MLP(4 * dim, hidden, 1, act, dropout, out_bias=normalise != "softmax")
 
     def forward(self, hist: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scores = self.mlp.forward_from_first(self._first_layer(hist, target), mask).squeeze(-1)  # [B, L]
