@@ -74,17 +74,21 @@ class JointModel(nn.Module):
             cache[key] = [p for m in idle for name, p in m.named_parameters() if p.requires_grad and "embeddings." not in name]
         return cache[key]
 
-    def forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> StepOutput:
+    def forward(
+        self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str, weight_rows: Optional[SequenceBatch] = None
+    ) -> StepOutput:
         """The step's outputs for the objective (the fields the class docstring lists); in training
-        also the zero-valued touch of the parameters this (phase, stage) leaves idle."""
-        out = self._forward(rec, aux, phase, stage)
+        also the zero-valued touch of the parameters this (phase, stage) leaves idle.
+        ``weight_rows``: what the recogniser scores for the weights instead of the recommender's
+        positives, row for row (atjt.weight_scope='user': each positive's user's latest window)."""
+        out = self._forward(rec, aux, phase, stage, weight_rows)
         if self.training:
             idle = self.idle_dense_parameters(phase, stage)
             if idle:
                 out = out._replace(idle_touch=torch.stack([p.reshape(-1)[0] for p in idle]).sum() * 0.0)
         return out
 
-    def _forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str) -> StepOutput:
+    def _forward(self, rec: Optional[SequenceBatch], aux: Optional[SequenceBatch], phase: int, stage: str, weight_rows: Optional[SequenceBatch]) -> StepOutput:
         # Each model call names the global ids of the rows it reads: they key its dropout masks.
         out = StepOutput()
         if stage != RECOGNIZER_ONLY and rec is not None:
@@ -99,7 +103,10 @@ class JointModel(nn.Module):
         # rows, every row of a next-item batch. The recogniser runs in the module's mode (in
         # training: batch statistics); its dropout drops units of the weights' rows too unless
         # atjt.weight_dropout is off.
-        positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
+        if weight_rows is not None:
+            positives = weight_rows
+        else:
+            positives = rec.without_negatives() if self.next_item else rec.select(slice(0, len(rec) // 2))
         n = len(positives)
         if stage == RECOMMENDER_ONLY:  # two-stage: g is frozen
             with torch.no_grad(), dropout_rows(positives.row_ids, self._weight_rows_exempt(n, n, positives.hist.device)):

@@ -68,6 +68,8 @@ class Schedule:
                 f"{data.arrays.path} does not have; use the synthetic dataset or an audit's noisy copy"
             )
         self.variant = a.variant if self.uses_recognizer else None
+        #: the weights score each user's latest window rather than the row's (see weight_batch)
+        self.weights_per_user = self.uses_recognizer and a.weight_scope == "user" and data.mode == "sliding"
         self.num_parts = a.num_parts
         self.epochs = cfg.train.epochs
         self.batch = cfg.train.batch_size
@@ -164,6 +166,17 @@ class Schedule:
         order = self._order(ph.rec_space, "rec", plan.phase, plan.epoch)
         build = self.data.recommender_sequences if self.next_item else self.data.recommender_batch
         return build(ph.rec_space, order, plan.batch, self.batch, counters=(plan.phase, plan.epoch, plan.batch), oracle=self.oracle)
+
+    def weight_batch(self, plan: StepPlan, rec: BatchArrays) -> Optional[BatchArrays]:
+        """What the recogniser scores for the weights of the step's recommender rows ``rec``
+        (this rank's, from recommender_batch): with atjt.weight_scope='user' in sliding mode, each
+        positive's user's latest training window under the positive's row id (one weight per
+        user, shared by its rows); None where the positives themselves are scored ('row', paper
+        mode, a step without weights)."""
+        if not self.weights_per_user or plan.stage == RECOGNIZER_ONLY:
+            return None
+        n = len(rec) if self.next_item else len(rec) // 2  # the positives: every next-item row, the first half otherwise
+        return self.data.latest_windows(rec.user[:n], rec.row_ids[:n])
 
     def recognizer_batch(self, plan: StepPlan) -> Optional[BatchArrays]:
         """The step's N-1 corrupted recogniser batches, rows concatenated (None if none).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 
@@ -24,6 +24,17 @@ from .optim import DenseBackend, learning_rate, lr_decay_factor, set_recommender
 from .prefetch import prefetch_plans, step_batches
 from .runlog import MetricsWriter, WeightHistograms, eta_text, progress_bar
 from .schedule import RECOGNIZER_ONLY, Schedule, StepPlan
+
+
+class StepBatches(NamedTuple):
+    """One step's batches (each None where the step has none): the recommender's rows, the
+    recogniser's corrupted rows, and the rows the recogniser scores for the weights when they
+    are not the recommender's positives (atjt.weight_scope='user')."""
+
+    rec: Optional[SequenceBatch]
+    aux: Optional[SequenceBatch]
+    weight_rows: Optional[SequenceBatch]
+
 
 if TYPE_CHECKING:
     from .distributed import DistContext
@@ -118,23 +129,29 @@ class TrainingLoop:
         total = self.schedule.recommender_steps(self.total_steps())
         return self.cfg.train.lr * lr_decay_factor(self.cfg, self.schedule.recommender_step(plan), total)
 
-    def _batches(self, plan: StepPlan, device: Optional[torch.device] = None) -> tuple[Optional[SequenceBatch], Optional[SequenceBatch]]:
+    def _batches(self, plan: StepPlan, device: Optional[torch.device] = None) -> StepBatches:
+        """The step's batches on ``device``: the recommender's rows, the recogniser's corrupted
+        rows, and what the recogniser scores for the weights when not the positives themselves
+        (Schedule.weight_batch); each None where the step has none."""
         dev = self.ctx.device if device is None else device
-        rec = None if plan.stage == RECOGNIZER_ONLY else SequenceBatch.from_arrays(self.schedule.recommender_batch(plan)).to(dev)
-        aux_arrays = self.schedule.recognizer_batch(plan)
-        aux = SequenceBatch.from_arrays(aux_arrays).to(dev) if aux_arrays is not None else None
-        return rec, aux
 
-    def train_step(self, plan: StepPlan, batches: Optional[tuple] = None) -> tuple[Losses, StepOutput, Optional[SequenceBatch], Optional[SequenceBatch]]:
+        def tensors(arrays) -> Optional[SequenceBatch]:
+            return None if arrays is None else SequenceBatch.from_arrays(arrays).to(dev)
+
+        rec_arrays = None if plan.stage == RECOGNIZER_ONLY else self.schedule.recommender_batch(plan)
+        weight_arrays = None if rec_arrays is None else self.schedule.weight_batch(plan, rec_arrays)
+        return StepBatches(tensors(rec_arrays), tensors(self.schedule.recognizer_batch(plan)), tensors(weight_arrays))
+
+    def train_step(self, plan: StepPlan, batches: Optional[StepBatches] = None) -> tuple[Losses, StepOutput, Optional[SequenceBatch], Optional[SequenceBatch]]:
         """One optimisation step of the plan's batches (built here unless prefetched onto the
         device, dist.pipeline); returns losses and outputs (on device)."""
-        rec, aux = batches if batches is not None else self._batches(plan)
+        rec, aux, weight_rows = batches if batches is not None else self._batches(plan)
         if rec is not None:  # a step that trains the recommender: its lr for this step
             set_recommender_lr(self.model, self.dense_optimizer, self.recommender_lr(plan))
         # Dropout masks are keyed by (seed, step, layer, call, global row, element): the same
         # on any number of processes, and on resume (models/layers.py, Dropout).
         with dropout_step(self.cfg.seed, plan.step):
-            out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)  # the DMP model (via DeepSpeed's engine)
+            out = self.dense_optimizer.forward(rec, aux, plan.phase, plan.stage, weight_rows)  # the DMP model (via DeepSpeed's engine)
         losses = self.objective.losses(out, rec, aux, plan.stage, plan.step)
         # Embedding tables update inside the backward (fused optimiser); the idle dense
         # parameters (untouched by this step) get neither weight decay nor an Adagrad update.

@@ -22,12 +22,14 @@ def _dense(t) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("isolate", [True, False])
-def test_weighted_users_recogniser_rows_move_only_without_the_fix(tiny_dataset, tmp_path, isolate):
+@pytest.mark.parametrize("isolate, scope", [(True, "row"), (False, "row"), (True, "user")])
+def test_weighted_users_recogniser_rows_move_only_without_the_fix(tiny_dataset, tmp_path, isolate, scope):
     cfg = build_config(
         [
             f"--data.path={tiny_dataset}",
             f"--run-dir={tmp_path / str(isolate)}",
+            "--data.mode=sliding",
+            f"--atjt.weight_scope={scope}",  # 'user': the weights score each user's latest window
             "--train.batch_size=64",
             "--atjt.recognizer_batch_size=32",
             "--no-train.progress_bar",
@@ -44,11 +46,12 @@ def test_weighted_users_recogniser_rows_move_only_without_the_fix(tiny_dataset, 
         plan = next(plans)
         key = f"recognizers.{plan.phase}.embeddings.embeddings.rg{plan.phase}_user.weight"
         before = _dense(trainer.model.state_dict()[key])
-        rec, aux = trainer._batches(plan)
+        batches = trainer._batches(plan)
+        rec, aux = batches.rec, batches.aux
         weighted = rec.user[: len(rec) // 2].unique()
         trained = aux.user.unique()
         assert not set(weighted.tolist()) & set(trained.tolist())  # cross-fitting: disjoint users
-        trainer.train_step(plan, (rec, aux))
+        trainer.train_step(plan, batches)
         after = _dense(trainer.model.state_dict()[key])
     finally:
         trainer.close()

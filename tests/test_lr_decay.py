@@ -85,8 +85,8 @@ def test_a_zero_learning_rate_freezes_the_recommender_and_not_the_recogniser(tin
         second = trainer._batches(next(p for p in trainer.schedule.steps() if p.step == 1))
         mid = {k: _dense(v) for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
         # one more step with the recommender's lr at 0 (train_step would reset it: call the parts)
-        rec, aux = second
-        out = trainer.dense_optimizer.forward(rec, aux, plan.phase, plan.stage)
+        rec, aux, weight_rows = second
+        out = trainer.dense_optimizer.forward(rec, aux, plan.phase, plan.stage, weight_rows)
         from atjt_dist.objective import compute_losses
 
         losses = compute_losses(out, rec, aux, trainer.cfg, plan.stage, 1)

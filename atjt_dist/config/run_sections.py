@@ -83,6 +83,14 @@ class ATJTConfig:
         "0 / 1; the exported scores and the audit stay P(clean). Gamma 2 and 3 raised ATJT's mean "
         "gain on the synthetic validation users by less than one paired sd (docs/results.md, section 4).",
     )
+    weight_scope: Literal["row", "user"] = knob(
+        "row",
+        "What the recogniser scores for a recommender row's weight in sliding mode: 'row' = the "
+        "row's own window (its history prefix and target); 'user' = the user's whole training "
+        "window (its last training item and the items before it), so that every row of a user "
+        "shares one weight w_i, as each user's single row has it in paper mode (where the two "
+        "are the same). Compared in docs/results.md, section 4d.",
+    )
     weight_dropout: bool = knob(
         True,
         "The recogniser's dropout also drops units of the rows whose P(clean) weights the "

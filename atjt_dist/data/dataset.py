@@ -233,6 +233,14 @@ class TrainingData:
             b.weight = self._oracle_weights(b, pos, oracle)
         return b
 
+    def latest_windows(self, users: np.ndarray, row_ids: np.ndarray) -> BatchArrays:
+        """Each user's latest training window: its last training item as the target and the
+        items before it as the history (the paper-mode sample; what atjt.weight_scope='user'
+        scores), one row per entry of ``users``, keyed by ``row_ids``."""
+        users = np.asarray(users, dtype=np.int64)
+        space = SampleSpace(users=users, first_pos=self.last_train_pos[users], cum=np.arange(len(users) + 1, dtype=np.int64))
+        return self._windows(np.arange(len(users), dtype=np.int64), space, np.asarray(row_ids, dtype=np.int64), 1.0)
+
     def _oracle_weights(self, b: BatchArrays, positions: np.ndarray, level: str) -> np.ndarray:
         """The ground-truth weights of an oracle that knows the planted noise (METHOD.md
         section 10): 'user' gives every row of a planted-noise user weight 0; 'item' removes
