@@ -18,12 +18,13 @@ records (``kind``):
 
 - ``train``       per log interval: step, phase, stage, epoch, loss, loss_rec, loss_aux,
                   loss_extra, weight_mean, w_clean, w_noisy, recognizer_auc, samples_per_s,
-                  lr, lr_recognizer (window means; absent keys do not apply to the method)
+                  lr, lr_recognizer (window means; absent keys do not apply to the method;
+                  weight_mean is the mean weight P(clean)^atjt.weight_exponent the rows get)
 - ``phase_end``   the step at which a phase (or a two-stage stage) ended
 - ``weight_hist`` at a phase's end, histograms over [0, 1] of P(clean) in the phase's last
                   epoch (WeightHistograms): ``corrupted`` = the recogniser on its corrupted
-                  batches, rows split into clean and corrupted; ``planted`` = the weights w_i
-                  given to the recommender's sequences, split by the user's planted-noise
+                  batches, rows split into clean and corrupted; ``planted`` = P(clean) of the
+                  recommender's sequences (their weight is its atjt.weight_exponent-th power), split by the user's planted-noise
                   ground truth (datasets with noise.parquet)
 - ``user_weights`` after training: the number of training users and histograms of their
                   cross-fitted weights, split by planted-noise ground truth (``all`` without

@@ -21,11 +21,13 @@ def test_defaults_learn_and_the_paper_is_one_flag_away():
     assert cfg.atjt.recognizer_warmup_steps == 600 and cfg.atjt.per_row_position and cfg.atjt.isolate_weighted_users
     assert cfg.recommender_weight_decay() == 0.0 and cfg.atjt.recognizer_weight_decay == pytest.approx(5e-4) and cfg.train.batch_size == 256
     assert cfg.train.epochs == 4 and cfg.eval.k == 5
+    assert cfg.atjt.weight_exponent == 2.0 and cfg.atjt.weight_scope == "row"
     paper = build_config(["--config", str(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")])
     assert paper.data.mode == "paper" and paper.train.lr == pytest.approx(8.15e-4)
     assert paper.atjt.recognizer_lrs == [0.023, 0.025] and paper.atjt.recognizer_warmup_steps == 0
     assert paper.train.weight_decay == paper.atjt.recognizer_weight_decay == pytest.approx(5e-4)  # one value for every model
     assert not paper.atjt.per_row_position and not paper.atjt.isolate_weighted_users
+    assert paper.atjt.weight_exponent == 1.0  # w = P(clean)
     assert paper.atjt.recognizer.kind == "din" and paper.train.epochs == 4 and paper.train.batch_size == 256
 
 

@@ -50,7 +50,7 @@ def test_atjt_weights_are_shared_by_a_positive_and_its_negative():
     x.requires_grad_()
     cfg = build_config([])
     losses = compute_losses(StepOutput(rec_logits=x, weight_logits=w_logits), rec, None, cfg, "joint", 0)
-    w = torch.sigmoid(w_logits)
+    w = torch.sigmoid(w_logits) ** cfg.atjt.weight_exponent
     rows_w = torch.cat([w, w])
     l = F.binary_cross_entropy_with_logits(x, rec.label, reduction="none")
     assert torch.allclose(losses.backward, (rows_w * l).sum() / rows_w.sum())
