@@ -32,8 +32,8 @@ def _main(argv: list[str]) -> int:
         if "noise_weight_auc" in metrics:  # data with planted noise: what the weights found
             print(
                 f"sequence weights of the training users: planted-noise AUC {metrics['noise_weight_auc']:.4f}; "
-                f"mean weight {metrics['mean_weight_clean_users']:.4f} for clean users, "
-                f"{metrics['mean_weight_noisy_users']:.4f} for planted-noise users"
+                f"mean P(clean) {metrics['mean_weight_clean_users']:.4f} for clean users, "
+                f"{metrics['mean_weight_noisy_users']:.4f} for planted-noise users (rows weighted P(clean)^{cfg.atjt.weight_exponent:g})"
             )
         warning = popularity_warning(metrics)
         if warning:

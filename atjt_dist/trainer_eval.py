@@ -80,7 +80,8 @@ class Evaluation:
             if self.noise_users is not None:
                 noisy = self.noise_users[users]
                 metrics["noise_weight_auc"] = gather_binary_auc(weights, (~noisy).float())
-                # mean weight of the clean and of the planted-noise training users (exact sums)
+                # mean P(clean) of the clean and of the planted-noise training users (exact sums;
+                # the loss weights their rows by its atjt.weight_exponent-th power)
                 sums = global_sum(torch.stack([weights[~noisy].sum(), (~noisy).sum(), weights[noisy].sum(), noisy.sum()]).double())
                 metrics["mean_weight_clean_users"] = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
                 metrics["mean_weight_noisy_users"] = float(sums[2] / sums[3]) if sums[3] > 0 else float("nan")
