@@ -24,8 +24,9 @@ records (``kind``):
 - ``weight_hist`` at a phase's end, histograms over [0, 1] of P(clean) in the phase's last
                   epoch (WeightHistograms): ``corrupted`` = the recogniser on its corrupted
                   batches, rows split into clean and corrupted; ``planted`` = P(clean) of the
-                  recommender's sequences (their weight is its atjt.weight_exponent-th power), split by the user's planted-noise
-                  ground truth (datasets with noise.parquet)
+                  recommender's sequences (their weight is its atjt.weight_exponent-th
+                  power), split by the user's planted-noise ground truth (datasets with
+                  noise.parquet)
 - ``user_weights`` after training: the number of training users and histograms of their
                   cross-fitted weights, split by planted-noise ground truth (``all`` without
                   one); the weights themselves are in weights.parquet
